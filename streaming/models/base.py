@@ -1,0 +1,117 @@
+"""The one small interface every model backend implements.
+
+The engine owns a backend and calls it from its worker thread only, so a
+backend never needs locks. A backend works on *utterances*: the audio between
+two VAD endpoints (or a ``max_utterance_s`` cut). For each utterance the engine
+asks for a state with :meth:`Backend.new_utterance`, appends audio to it as it
+arrives, asks for partial hypotheses with :meth:`Backend.step` (batched over
+many utterances of many sessions) and for the final text with
+:meth:`Backend.finalize` (batched too). The engine and the server never branch
+on which backend they hold.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE_HZ = 16_000
+"""Every backend consumes mono float32 audio at this rate, in [-1, 1]."""
+
+
+class OptionError(ValueError):
+    """A per-session option this backend cannot honour (e.g. an unknown language)."""
+
+
+@dataclass
+class UtteranceOptions:
+    """What a backend needs to know about the session an utterance belongs to."""
+
+    language: str | None = None
+    """ISO code such as ``"en"``; ``None`` lets a multilingual model detect it."""
+    window_s: int | None = None
+    """Encoder attention window in whole seconds (Qwen3-ASR: 1-8); ``None`` = backend default."""
+    context: str | None = None
+    """Optional hotwords/context text that biases decoding but never appears in the transcript."""
+    previous_text: str | None = None
+    """Final text of the previous utterance of the same session, usable as context."""
+
+
+@dataclass
+class Hypothesis:
+    """A partial result: the current best guess for an open utterance."""
+
+    stable_text: str
+    """Prefix that the stability policy will not change again within this utterance."""
+    unstable_text: str
+    """Tentative tail that may still change."""
+    language: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific counters (e.g. encoder frames recomputed) for benchmarks and logs."""
+
+    @property
+    def text(self) -> str:
+        return join_text(self.stable_text, self.unstable_text)
+
+
+@dataclass
+class FinalResult:
+    """The final text of a closed utterance; never changed again."""
+
+    text: str
+    language: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def join_text(a: str, b: str) -> str:
+    """Join two text pieces with exactly one space where both are non-empty."""
+    a, b = a.strip(), b.strip()
+    if a and b:
+        return f"{a} {b}"
+    return a or b
+
+
+class UtteranceState(abc.ABC):
+    """Per-utterance backend state (audio so far, caches, stability buffer)."""
+
+    @abc.abstractmethod
+    def append_audio(self, samples: np.ndarray) -> None:
+        """Append mono float32 16 kHz samples to the utterance."""
+
+    @property
+    @abc.abstractmethod
+    def duration_s(self) -> float:
+        """Audio held so far, in seconds."""
+
+
+class Backend(abc.ABC):
+    """A speech-recognition model behind the engine."""
+
+    name: str = "backend"
+    """Short model name reported to clients in ``ready``."""
+    multilingual: bool = False
+    supports_window: bool = False
+    """Whether ``window_s`` means anything for this backend."""
+    max_utterance_s: float = 30.0
+    """Longest utterance this backend can decode in one piece."""
+
+    def validate_options(self, options: UtteranceOptions) -> None:
+        """Raise :class:`OptionError` if this backend cannot honour ``options``."""
+
+    @abc.abstractmethod
+    def new_utterance(self, options: UtteranceOptions) -> UtteranceState:
+        """Create the state of a new, empty utterance."""
+
+    @abc.abstractmethod
+    def step(self, states: list[UtteranceState]) -> list[Hypothesis]:
+        """Compute a partial hypothesis for each open utterance (one batch)."""
+
+    @abc.abstractmethod
+    def finalize(self, states: list[UtteranceState]) -> list[FinalResult]:
+        """Compute the final text of each closed utterance (one batch)."""
+
+    def warmup(self) -> None:
+        """Run one tiny pass so the first real request is not slow."""
