@@ -1,0 +1,67 @@
+"""Audio framing: raw client PCM bytes → float32 samples at 16 kHz.
+
+Pure logic (no I/O). Frames may end in the middle of a sample; the stray bytes
+are kept and completed by the next frame, so no audio is ever dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import soxr
+
+from .protocol import ProtocolError
+
+TARGET_RATE_HZ = 16_000
+_BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4}
+
+
+class PcmDecoder:
+    """Decodes a byte stream of mono little-endian PCM into float32 samples in [-1, 1]."""
+
+    def __init__(self, encoding: str) -> None:
+        if encoding not in _BYTES_PER_SAMPLE:
+            raise ValueError(f"unknown encoding {encoding!r}")
+        self.encoding = encoding
+        self.sample_bytes = _BYTES_PER_SAMPLE[encoding]
+        self._pending = b""
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an incomplete sample waiting for the next frame."""
+        return len(self._pending)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Decode whole samples; keep a trailing partial sample for next time.
+
+        Raises ``ProtocolError("invalid_audio")`` for NaN or infinite floats.
+        """
+        buf = self._pending + data if self._pending else data
+        usable = len(buf) - len(buf) % self.sample_bytes
+        self._pending = buf[usable:]
+        if self.encoding == "pcm_s16le":
+            return np.frombuffer(buf, dtype="<i2", count=usable // 2).astype(np.float32) / 32768.0
+        samples = np.frombuffer(buf, dtype="<f4", count=usable // 4).astype(np.float32)
+        if samples.size and not np.isfinite(samples).all():
+            raise ProtocolError("invalid_audio", "pcm_f32le audio contains NaN or infinite samples")
+        return np.clip(samples, -1.0, 1.0)
+
+
+class Resampler:
+    """Streaming resampler to 16 kHz (identity when the input already is 16 kHz)."""
+
+    def __init__(self, input_rate_hz: int, output_rate_hz: int = TARGET_RATE_HZ) -> None:
+        self.input_rate_hz = input_rate_hz
+        self.output_rate_hz = output_rate_hz
+        self._stream = (None if input_rate_hz == output_rate_hz
+                        else soxr.ResampleStream(input_rate_hz, output_rate_hz, 1, dtype="float32", quality="HQ"))
+
+    def process(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
+        """Resample the next chunk; ``last=True`` flushes the filter's tail."""
+        if self._stream is None:
+            return samples.astype(np.float32, copy=False)
+        return self._stream.resample_chunk(samples.astype(np.float32, copy=False), last=last)
+
+
+def float_to_pcm16(samples: np.ndarray) -> bytes:
+    """Encode float32 samples in [-1, 1] as little-endian 16-bit PCM (clients and tests)."""
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()

@@ -1,0 +1,203 @@
+"""Every knob, defined once: option dataclasses filled by the config file, the CLI and ``start``.
+
+A TOML config (``configs/*.toml``) has the sections ``[model]``, ``[engine]``,
+``[server]``, ``[session]`` and ``[vad]``, one per dataclass below. The CLI
+overrides single fields; a client's ``start`` message overrides the fields that
+:data:`SESSION_FIELDS` allows, each validated against its range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file, CLI value or start field that is unknown or out of range."""
+
+
+@dataclass
+class ModelOptions:
+    """Which model runs and where."""
+
+    name: str = "tiny.en"
+    """Embedded model name (``tiny.en``, ``base``), a local checkpoint folder, or a hub id."""
+    device: str = "auto"
+    """``cpu``, ``cuda`` or ``auto`` (cuda when available)."""
+    dtype: str = "auto"
+    """``float32``, ``float16``, ``bfloat16`` or ``auto`` (float32 on CPU, half on GPU)."""
+    threads: int = 0
+    """Torch intra-op threads for the inference worker; 0 = all cores."""
+
+
+@dataclass
+class EngineOptions:
+    """The inference worker that batches the work of all sessions."""
+
+    max_batch: int = 8
+    """Most utterances decoded together in one batch."""
+
+
+@dataclass
+class ServerOptions:
+    """Network-facing limits and endpoints."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_sessions: int = 32
+    """Concurrent sessions; one more is refused with ``too_many_sessions``."""
+    max_message_bytes: int = 1 << 20
+    """Largest client frame; larger gets ``message_too_large``."""
+    idle_timeout_s: float = 60.0
+    """A session that sends nothing for this long is closed (vanished clients)."""
+    send_queue_events: int = 1000
+    """Events buffered for a slow reader before its session is closed."""
+    web_dir: str = ""
+    """Folder of the browser demo; empty = the ``web/`` folder of the repository."""
+    certfile: str = ""
+    """TLS certificate (PEM) to serve ``wss://`` and ``https://``; empty = plain."""
+    keyfile: str = ""
+    """TLS private key (PEM) for ``certfile``."""
+    drain_timeout_s: float = 10.0
+    """On shutdown, how long open sessions get to finish their pending finals."""
+
+
+@dataclass
+class SessionOptions:
+    """Per-session decoding options; a client's ``start`` may override them."""
+
+    language: str | None = None
+    """ISO language code; None = the model's default or detection."""
+    partials: bool = True
+    """Send partial hypotheses."""
+    step_s: float = 1.0
+    """Stream audio between two partial updates."""
+    window_s: int | None = None
+    """Encoder attention window in seconds (models that support it)."""
+    context: str | None = None
+    """Hotwords/context text; biases decoding, never in the transcript."""
+
+
+@dataclass
+class VadOptions:
+    """Voice-activity detection and endpointing."""
+
+    aggressiveness: int = 2
+    """webrtcvad mode, 0 (least) to 3 (most aggressive about calling audio non-speech)."""
+    frame_ms: int = 30
+    """VAD frame length: 10, 20 or 30 ms."""
+    speech_start_ms: int = 120
+    """Voiced audio (within ``speech_window_ms``) needed to open an utterance."""
+    speech_window_ms: int = 300
+    """Window over which ``speech_start_ms`` is counted."""
+    endpoint_silence_ms: int = 600
+    """Unvoiced audio that ends an utterance."""
+    preroll_ms: int = 300
+    """Audio kept before the detected start so first words are not clipped."""
+    max_utterance_s: float = 25.0
+    """An utterance is cut at the quietest point near this length."""
+
+
+@dataclass
+class Config:
+    model: ModelOptions = field(default_factory=ModelOptions)
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    server: ServerOptions = field(default_factory=ServerOptions)
+    session: SessionOptions = field(default_factory=SessionOptions)
+    vad: VadOptions = field(default_factory=VadOptions)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read a TOML config; unknown sections or keys are an error, missing ones keep defaults."""
+    config = Config()
+    if path is None:
+        return config
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    for section, values in data.items():
+        target = getattr(config, section, None)
+        if target is None or not isinstance(values, dict):
+            raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
+        for key, value in values.items():
+            set_field(target, key, value, where=f"{path}: [{section}]")
+    return config
+
+
+def set_field(obj: Any, key: str, value: Any, where: str = "") -> None:
+    """Set one dataclass field with a type check (int accepted for float)."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if key not in fields:
+        raise ConfigError(f"{where} unknown option {key!r}")
+    expected = _default_type(obj, key)
+    if value is not None and expected is not None and not isinstance(value, expected):
+        if not (expected is float and isinstance(value, int) and not isinstance(value, bool)):
+            raise ConfigError(f"{where} option {key!r} must be {expected.__name__}, got {value!r}")
+        value = float(value)
+    setattr(obj, key, value)
+
+
+def _default_type(obj: Any, key: str) -> type | None:
+    value = getattr(type(obj)(), key)
+    if value is None:
+        return {"language": str, "window_s": int, "context": str}.get(key)
+    return type(value)
+
+
+# Fields of a ``start`` message: (target section, min, max). None bounds = no range check.
+SESSION_FIELDS: dict[str, tuple[str, float | None, float | None]] = {
+    "language": ("session", None, None),
+    "partials": ("session", None, None),
+    "step_s": ("session", 0.25, 5.0),
+    "window_s": ("session", 1, 8),
+    "context": ("session", None, None),
+    "endpoint_silence_ms": ("vad", 100, 5000),
+    "max_utterance_s": ("vad", 2.0, 120.0),
+    "vad_aggressiveness": ("vad", 0, 3),
+}
+MAX_CONTEXT_CHARS = 1000
+
+
+def apply_session_fields(session: SessionOptions, vad: VadOptions, fields: dict[str, Any]) -> None:
+    """Apply a ``start`` message's option fields to copies' targets, validating each.
+
+    Raises :class:`ConfigError` naming the offending field.
+    """
+    for key, value in fields.items():
+        if key not in SESSION_FIELDS:
+            raise ConfigError(f"unknown start field {key!r} (known: {', '.join(sorted(SESSION_FIELDS))})")
+        section, low, high = SESSION_FIELDS[key]
+        target = session if section == "session" else vad
+        attr = "aggressiveness" if key == "vad_aggressiveness" else key
+        if value is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key} must be finite")
+            if low is not None and not (low <= value <= high):
+                raise ConfigError(f"{key}={value!r} is out of range [{low}, {high}]")
+        if key == "window_s" and value is not None and (isinstance(value, bool) or value != int(value)):
+            raise ConfigError(f"window_s must be a whole number of seconds, got {value!r}")
+        if key == "window_s" and isinstance(value, float):
+            value = int(value)
+        if key == "context" and isinstance(value, str) and len(value) > MAX_CONTEXT_CHARS:
+            raise ConfigError(f"context is longer than {MAX_CONTEXT_CHARS} characters")
+        if key == "language" and isinstance(value, str) and not (1 <= len(value) <= 16):
+            raise ConfigError(f"language {value!r} is not a language code")
+        set_field(target, attr, value, where="start:")
+
+
+def session_field_info() -> dict[str, dict[str, Any]]:
+    """Describe the start fields (for ``/v1/info``)."""
+    return {k: {"min": lo, "max": hi} for k, (_, lo, hi) in SESSION_FIELDS.items()}
+
+
+def copy_options(config: Config) -> tuple[SessionOptions, VadOptions]:
+    """Fresh per-session copies of the configured defaults."""
+    return dataclasses.replace(config.session), dataclasses.replace(config.vad)

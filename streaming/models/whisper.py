@@ -1,0 +1,559 @@
+"""Any transformers Whisper model behind the :class:`~streaming.models.base.Backend` interface.
+
+Partials re-decode the whole open utterance every step (greedy, the already
+stable tokens forced as a prefix) and LocalAgreement-2 over words decides what
+becomes stable. Finals are one full greedy decode without forced prefix, as in
+offline transcription. Encoder passes are batched over all utterances of a
+call; the greedy decoder is batched over rows of different prompt lengths with
+one KV cache and a per-row attention mask.
+
+Whisper's encoder only accepts 30 s of features, so every pass costs a full
+encoder run whatever the utterance length: this is why ``max_utterance_s`` is
+30 and why batching the encoder over sessions matters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from streaming.models.base import (
+    SAMPLE_RATE_HZ,
+    Backend,
+    FinalResult,
+    Hypothesis,
+    OptionError,
+    UtteranceOptions,
+    UtteranceState,
+)
+from streaming.stability import LocalAgreement
+
+if TYPE_CHECKING:
+    from streaming.models.embedded import WhisperAssets
+
+log = logging.getLogger(__name__)
+
+# Scripts written without spaces between words: stability units are characters there.
+UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue", "bo", "km"})
+
+
+@dataclass
+class WhisperDecodingOptions:
+    """Knobs of the Whisper backend's decoding; the defaults suit tiny/base on CPU."""
+
+    tokens_per_s: float = 8.0
+    """Token cap per second of audio (loop guard); Whisper speech runs at ~3-5 tokens/s."""
+    token_margin: int = 10
+    """Tokens allowed on top of ``tokens_per_s`` × duration."""
+    max_tokens: int = 224
+    """Hard cap on text tokens per utterance (half of Whisper's 448 decoder positions)."""
+    language_lock_s: float = 1.0
+    """Audio needed before a detected language is kept for the rest of the utterance."""
+    no_speech_threshold: float = 0.6
+    """``<|nospeech|>`` probability above which a low-confidence decode counts as silence (Whisper's rule)."""
+    logprob_threshold: float = -1.0
+    """Mean token log-probability below which a likely-silent decode is dropped."""
+    silence_peak: float = 1e-3
+    """Utterances whose absolute peak stays below this are silent without running the model."""
+    agreement_n: int = 2
+    """LocalAgreement-n: how many consecutive partials must agree before words become stable."""
+
+
+@dataclass
+class _Decoded:
+    """One row's greedy decode."""
+
+    tokens: list[int]
+    """Generated text tokens (forced prefix excluded, EOT excluded)."""
+    stop: str
+    """``"eot"``, ``"cap"`` or ``"loop"``."""
+    no_speech_prob: float
+    avg_logprob: float
+
+
+class WhisperUtteranceState(UtteranceState):
+    """Audio of one open utterance plus its stability buffer and cached encoder output."""
+
+    def __init__(self, options: UtteranceOptions, language: str | None, agreement_n: int) -> None:
+        self.options = options
+        self.language = language
+        """Given, detected-and-locked, or ``None`` while still undecided."""
+        self.language_locked = language is not None
+        self.agreement: LocalAgreement[str] = LocalAgreement(n=agreement_n)
+        self.stable_tokens: list[int] = []
+        """Token ids of the stable words, forced as prefix of every partial decode."""
+        self._chunks: list[np.ndarray] = []
+        self._audio = np.zeros(0, dtype=np.float32)
+        self._samples = 0
+        self._peak = 0.0
+        self.encoded: tuple[int, torch.Tensor] | None = None
+        """(samples encoded, encoder output [1500, d]) so a finalize right after a step skips the encoder."""
+
+    def append_audio(self, samples: np.ndarray) -> None:
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if samples.size:
+            self._chunks.append(samples)
+            self._samples += samples.size
+            self._peak = max(self._peak, float(np.abs(samples).max()))
+
+    @property
+    def duration_s(self) -> float:
+        return self._samples / SAMPLE_RATE_HZ
+
+    @property
+    def audio(self) -> np.ndarray:
+        """All samples so far (chunks are joined lazily, once per model call)."""
+        if self._chunks:
+            self._audio = np.concatenate([self._audio, *self._chunks])
+            self._chunks.clear()
+        return self._audio
+
+    @property
+    def num_samples(self) -> int:
+        return self._samples
+
+    @property
+    def peak(self) -> float:
+        return self._peak
+
+    @property
+    def stable_text_units(self) -> list[str]:
+        return list(self.agreement.stable)
+
+
+class LogMel:
+    """Whisper's log-mel features with torch's STFT, padded to the 30 s the encoder requires.
+
+    Matches ``WhisperFeatureExtractor`` (zero-padding to 30 s, reflect-centred
+    frames, dynamic range of 8 log10 units) but only transforms the audio that
+    exists: frames past the end of the audio are pure silence and are filled in.
+    """
+
+    def __init__(self, feature_extractor: Any, device: torch.device) -> None:
+        self.n_fft = int(feature_extractor.n_fft)
+        self.hop = int(feature_extractor.hop_length)
+        self.frames = int(feature_extractor.nb_max_frames)
+        self.max_samples = int(feature_extractor.n_samples)
+        self.device = device
+        self.mel = torch.from_numpy(np.asarray(feature_extractor.mel_filters, dtype=np.float32)).T.contiguous().to(device)
+        self.window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float32, device=device)
+
+    def __call__(self, audios: list[np.ndarray]) -> torch.Tensor:
+        """Features [B, n_mels, frames] (float32) of each audio, truncated to 30 s."""
+        audios = [a[: self.max_samples] for a in audios]
+        longest = max(a.size for a in audios)
+        half = self.n_fft // 2
+        # Enough zeros after the audio that every frame touching it is computed
+        # without the reflect padding at the end; later frames are silence.
+        length = self.hop * math.ceil((longest + half) / self.hop) + half
+        length = min(length, self.max_samples)
+        wave = torch.zeros(len(audios), length, dtype=torch.float32)
+        for i, a in enumerate(audios):
+            wave[i, : a.size] = torch.from_numpy(a)
+        wave = wave.to(self.device)
+        stft = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=True, pad_mode="reflect",
+                          return_complex=True)
+        power = stft.real.square() + stft.imag.square()  # [B, n_fft/2+1, T]
+        computed = min(self.frames, (length - half) // self.hop + 1 if length < self.max_samples else self.frames)
+        mel = torch.matmul(self.mel, power[:, :, :computed])
+        log_spec = torch.clamp(mel, min=1e-10).log10()
+        feats = torch.full((len(audios), self.mel.shape[0], self.frames), -10.0, device=self.device)
+        feats[:, :, :computed] = log_spec
+        peak = feats.amax(dim=(1, 2), keepdim=True)
+        feats = torch.maximum(feats, peak - 8.0)
+        return (feats + 4.0) / 4.0
+
+
+def find_loop(tokens: list[int], max_ngram: int = 12) -> int | None:
+    """Length to truncate ``tokens`` to if they end in a repetition loop, else ``None``.
+
+    An n-gram repeated back-to-back at the end (12× for single tokens, 6× for
+    pairs, 4× for triples, 3× for longer ones) is a decoder loop; one copy is kept.
+    """
+    size = len(tokens)
+    for n in range(1, max_ngram + 1):
+        need = max(3, math.ceil(12 / n))
+        if size < n * need:
+            break
+        gram = tokens[size - n:]
+        reps = 1
+        while reps < need and tokens[size - (reps + 1) * n: size - reps * n] == gram:
+            reps += 1
+        if reps >= need:
+            start = size - n
+            while start - n >= 0 and tokens[start - n: start] == gram:
+                start -= n
+            return start + n
+    return None
+
+
+class WhisperBackend(Backend):
+    """Streaming Whisper: batched re-decoding for partials, a clean full decode for finals.
+
+    Call it from one thread only (the engine's worker), as every backend.
+    """
+
+    supports_window = False
+    max_utterance_s = 30.0
+
+    def __init__(self, assets: WhisperAssets, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                 threads: int | None = None, decoding: WhisperDecodingOptions | None = None) -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+        if dtype is None:
+            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.dtype = dtype
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.decoding = decoding or WhisperDecodingOptions()
+        self.assets = assets
+        self.name = assets.name if assets.name.startswith("whisper") else f"whisper-{assets.name}"
+        self.multilingual = bool(assets.multilingual)
+        self.tokenizer = assets.tokenizer
+        self.model = assets.model.to(device=self.device, dtype=dtype).eval()
+        self.encoder = self.model.get_encoder()
+        self.decoder = self.model.get_decoder()
+        self.proj_weight = self.model.get_output_embeddings().weight  # [V, d]
+        self.log_mel = LogMel(assets.feature_extractor, self.device)
+
+        self.sot_id = int(assets.sot_id)
+        self.eot_id = int(assets.eot_id)
+        self.transcribe_id = assets.transcribe_id
+        self.no_timestamps_id = int(assets.no_timestamps_id)
+        self.lang_token_ids = dict(assets.lang_token_ids) if self.multilingual else {}
+        self._lang_codes = list(self.lang_token_ids)
+        self._lang_ids = torch.tensor([self.lang_token_ids[c] for c in self._lang_codes], dtype=torch.long,
+                                      device=self.device)
+        self.no_speech_id = self._find_no_speech_id()
+
+        vocab = self.proj_weight.shape[0]
+        # Text tokens are those below EOT; every special token (SOT, languages,
+        # tasks, timestamps) is suppressed, plus the model's non-speech symbols.
+        suppress = torch.zeros(vocab, dtype=torch.bool)
+        suppress[self.eot_id + 1:] = True
+        suppress[[i for i in assets.suppress_ids if 0 <= i < vocab]] = True
+        suppress[self.eot_id] = False
+        self._suppress = suppress.to(self.device)
+        begin = suppress.clone()
+        begin[[i for i in assets.suppress_ids_begin if 0 <= i < vocab]] = True
+        self._suppress_begin = begin.to(self.device)
+        self._id_text: dict[int, str] = {}
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_embedded(cls, name: str = "tiny.en", *, cache_dir: str | Path | None = None, use_cache: bool = True,
+                      **kw: Any) -> WhisperBackend:
+        """A backend on one of the Whisper models shipped with the project (no network)."""
+        from streaming.models.embedded import load_embedded_whisper
+
+        return cls(load_embedded_whisper(name, cache_dir=cache_dir, use_cache=use_cache), **kw)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None, threads: int | None = None,
+                        decoding: WhisperDecodingOptions | None = None, **hf_kwargs: Any) -> WhisperBackend:
+        """A backend on a transformers Whisper checkpoint (local folder or hub id; ``hf_kwargs`` go to transformers)."""
+        from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
+
+        from streaming.models.embedded import whisper_assets_from_pretrained
+
+        model = WhisperForConditionalGeneration.from_pretrained(str(name_or_path), **hf_kwargs)
+        tokenizer = WhisperTokenizerFast.from_pretrained(str(name_or_path), **hf_kwargs)
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(str(name_or_path), **hf_kwargs)
+        name = Path(str(name_or_path).rstrip("/")).name.removeprefix("whisper-")
+        assets = whisper_assets_from_pretrained(model, tokenizer, feature_extractor, name)
+        return cls(assets, device=device, dtype=dtype, threads=threads, decoding=decoding)
+
+    # ------------------------------------------------------------------ Backend API
+
+    def validate_options(self, options: UtteranceOptions) -> None:
+        if options.window_s is not None:
+            raise OptionError(f"{self.name} has no encoder window; window_s is not supported")
+        lang = options.language
+        if lang is None:
+            return
+        if not self.multilingual:
+            if lang != "en":
+                raise OptionError(f"{self.name} is English-only; language {lang!r} is not supported")
+            return
+        if lang not in self.lang_token_ids:
+            raise OptionError(f"unknown language {lang!r} for {self.name}")
+
+    def new_utterance(self, options: UtteranceOptions) -> WhisperUtteranceState:
+        self.validate_options(options)
+        language = options.language if self.multilingual else "en"
+        return WhisperUtteranceState(options, language, self.decoding.agreement_n)
+
+    def step(self, states: list[WhisperUtteranceState]) -> list[Hypothesis]:  # type: ignore[override]
+        results: list[Hypothesis | None] = [None] * len(states)
+        active = []
+        for i, st in enumerate(states):
+            if st.num_samples == 0 or st.peak < self.decoding.silence_peak:
+                stable = self._decode_text(st.stable_tokens)
+                results[i] = Hypothesis(stable, "", st.language, {"encoder_ms": 0.0, "decode_ms": 0.0, "tokens": 0})
+            else:
+                active.append(i)
+        if active:
+            rows = [states[i] for i in active]
+            with torch.inference_mode():
+                enc, enc_ms = self._encode(rows)
+                t0 = time.perf_counter()
+                self._detect_language(rows, enc, lock=True)
+                prompts = [self._prompt(st) + st.stable_tokens for st in rows]
+                caps = [max(0, self._token_cap(st) - len(st.stable_tokens)) for st in rows]
+                decoded = self._greedy(enc, prompts, caps, self._suppress)
+                dec_ms = (time.perf_counter() - t0) * 1000
+            for i, st, d in zip(active, rows, decoded, strict=True):
+                stats = {"encoder_ms": enc_ms, "decode_ms": dec_ms, "tokens": len(d.tokens), "batch": len(rows),
+                         "stable_tokens": len(st.stable_tokens), "stop": d.stop}
+                results[i] = self._agree(st, d, stats)
+        return results  # type: ignore[return-value]
+
+    def finalize(self, states: list[WhisperUtteranceState]) -> list[FinalResult]:  # type: ignore[override]
+        results: list[FinalResult | None] = [None] * len(states)
+        active = []
+        for i, st in enumerate(states):
+            if st.num_samples == 0 or st.peak < self.decoding.silence_peak:
+                results[i] = FinalResult("", st.language, {"encoder_ms": 0.0, "decode_ms": 0.0, "tokens": 0})
+            else:
+                active.append(i)
+        if active:
+            rows = [states[i] for i in active]
+            with torch.inference_mode():
+                enc, enc_ms = self._encode(rows)
+                t0 = time.perf_counter()
+                self._detect_language(rows, enc, lock=False)
+                prompts = [self._prompt(st) for st in rows]
+                caps = [self._token_cap(st) for st in rows]
+                decoded = self._greedy(enc, prompts, caps, self._suppress, self._suppress_begin)
+                dec_ms = (time.perf_counter() - t0) * 1000
+            for i, st, d in zip(active, rows, decoded, strict=True):
+                text = "" if self._is_silence(d) else self._decode_text(d.tokens)
+                stats = {"encoder_ms": enc_ms, "decode_ms": dec_ms, "tokens": len(d.tokens), "batch": len(rows),
+                         "stop": d.stop, "no_speech_prob": round(d.no_speech_prob, 3),
+                         "avg_logprob": round(d.avg_logprob, 3)}
+                results[i] = FinalResult(text, st.language, stats)
+                st.encoded = None  # the utterance is closed: free the encoder output
+        return results  # type: ignore[return-value]
+
+    def warmup(self) -> None:
+        rng = np.random.default_rng(0)
+        st = self.new_utterance(UtteranceOptions(language="en" if not self.multilingual else None))
+        st.append_audio((0.05 * rng.standard_normal(SAMPLE_RATE_HZ)).astype(np.float32))
+        self.step([st])
+        self.finalize([st])
+
+    # ------------------------------------------------------------------ internals
+
+    def _find_no_speech_id(self) -> int | None:
+        unk = self.tokenizer.unk_token_id
+        for token in ("<|nospeech|>", "<|nocaptions|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(token)
+            if isinstance(tid, int) and tid != unk and tid < self.proj_weight.shape[0]:
+                return tid
+        return None
+
+    def _token_cap(self, st: WhisperUtteranceState) -> int:
+        d = self.decoding
+        return min(d.max_tokens, int(st.duration_s * d.tokens_per_s) + d.token_margin)
+
+    def _prompt(self, st: WhisperUtteranceState) -> list[int]:
+        prompt = [self.sot_id]
+        if self.multilingual:
+            prompt.append(self.lang_token_ids[st.language or "en"])
+            if self.transcribe_id is not None:
+                prompt.append(int(self.transcribe_id))
+        prompt.append(self.no_timestamps_id)
+        return prompt
+
+    def _encode(self, states: list[WhisperUtteranceState]) -> tuple[torch.Tensor, float]:
+        """Encoder outputs [B, 1500, d] for ``states``, reusing the ones whose audio has not grown."""
+        t0 = time.perf_counter()
+        todo = [st for st in states if st.encoded is None or st.encoded[0] != st.num_samples]
+        if todo:
+            feats = self.log_mel([st.audio for st in todo]).to(self.dtype)
+            out = self.encoder(feats).last_hidden_state
+            for st, row in zip(todo, out, strict=True):
+                st.encoded = (st.num_samples, row)
+        enc = torch.stack([st.encoded[1] for st in states])  # type: ignore[index]
+        return enc, (time.perf_counter() - t0) * 1000
+
+    def _detect_language(self, states: list[WhisperUtteranceState], enc: torch.Tensor, lock: bool) -> None:
+        """Pick the language of undecided rows from the decoder's first step over language tokens."""
+        rows = [i for i, st in enumerate(states) if not st.language_locked]
+        if not rows or not self.multilingual:
+            return
+        idx = torch.tensor(rows, device=self.device)
+        ids = torch.full((len(rows), 1), self.sot_id, dtype=torch.long, device=self.device)
+        hidden = self.decoder(input_ids=ids, encoder_hidden_states=enc.index_select(0, idx),
+                              use_cache=False).last_hidden_state[:, -1]
+        lang_logits = torch.nn.functional.linear(hidden, self.proj_weight.index_select(0, self._lang_ids))
+        best = lang_logits.float().argmax(dim=-1).tolist()
+        for r, b in zip(rows, best, strict=True):
+            st = states[r]
+            st.language = self._lang_codes[b]
+            if not lock or st.duration_s >= self.decoding.language_lock_s:
+                st.language_locked = True
+
+    def _greedy(self, enc: torch.Tensor, prompts: list[list[int]], caps: list[int], suppress: torch.Tensor,
+                suppress_begin: torch.Tensor | None = None) -> list[_Decoded]:
+        """Batched greedy decoding of rows with prompts of different lengths.
+
+        The prompts are right-padded into one prefill; the cache then holds
+        padding columns that a per-row mask hides, and each row's positions
+        count only its real tokens, so every row computes exactly what it would
+        alone. Rows that finish are dropped from the cache.
+        """
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        B = len(prompts)
+        dev = self.device
+        lengths = torch.tensor([len(p) for p in prompts], device=dev)
+        width = int(lengths.max())
+        ids = torch.full((B, width), self.eot_id, dtype=torch.long, device=dev)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        cols = torch.arange(width, device=dev)
+        valid = cols[None, :] < lengths[:, None]  # [B, width] real (not padding) cache columns
+        causal = cols[None, :] <= cols[:, None]  # [q, k]
+        allowed = causal[None] & valid[:, None, :]
+        positions = cols[None, :].expand(B, width)
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        hidden = self.decoder(input_ids=ids, encoder_hidden_states=enc, cache=cache, use_cache=True,
+                              position_ids=positions, attention_mask=self._additive(allowed)).last_hidden_state
+
+        # No-speech probability: the distribution right after <|startoftranscript|>.
+        no_speech = [0.0] * B
+        if self.no_speech_id is not None:
+            sot_logits = torch.nn.functional.linear(hidden[:, 0], self.proj_weight).float()
+            no_speech = sot_logits.softmax(-1)[:, self.no_speech_id].tolist()
+        last = hidden[torch.arange(B, device=dev), lengths - 1]  # [B, d]
+
+        out_tokens: list[list[int]] = [[] for _ in range(B)]
+        logprob_sum = [0.0] * B
+        stops = [""] * B
+        alive = list(range(B))  # original row of each live cache row
+        for r in range(B):
+            if caps[r] <= 0:
+                stops[r] = "cap"
+        keep = [r for r in alive if not stops[r]]
+        step_pos = lengths.clone()
+        first = True
+        while True:
+            if len(keep) != len(alive):
+                if not keep:
+                    break
+                sel = torch.tensor([alive.index(r) for r in keep], device=dev)
+                cache.reorder_cache(sel)
+                last, valid, step_pos, enc = last[sel], valid[sel], step_pos[sel], enc[sel]
+                alive = keep
+            logits = torch.nn.functional.linear(last, self.proj_weight).float()
+            mask = suppress_begin if (first and suppress_begin is not None) else suppress
+            logits.masked_fill_(mask, -math.inf)
+            logprobs = logits.log_softmax(-1)
+            best = logprobs.argmax(-1)
+            best_lp = logprobs.gather(1, best[:, None])[:, 0]
+            first = False
+            keep = []
+            for j, (r, tok, lp) in enumerate(zip(alive, best.tolist(), best_lp.tolist(), strict=True)):
+                if tok == self.eot_id:
+                    stops[r] = "eot"
+                    continue
+                out_tokens[r].append(tok)
+                logprob_sum[r] += lp
+                loop_end = find_loop(out_tokens[r])
+                if loop_end is not None:
+                    del out_tokens[r][loop_end:]
+                    stops[r] = "loop"
+                elif len(out_tokens[r]) >= caps[r]:
+                    stops[r] = "cap"
+                else:
+                    keep.append(r)
+            if not keep:
+                break
+            if len(keep) != len(alive):
+                sel_list = [alive.index(r) for r in keep]
+                sel = torch.tensor(sel_list, device=dev)
+                cache.reorder_cache(sel)
+                best, valid, step_pos, enc = best[sel], valid[sel], step_pos[sel], enc[sel]
+                alive = keep
+            valid = torch.cat([valid, torch.ones(len(alive), 1, dtype=torch.bool, device=dev)], dim=1)
+            hidden = self.decoder(input_ids=best[:, None], encoder_hidden_states=enc, cache=cache, use_cache=True,
+                                  position_ids=step_pos[:, None],
+                                  attention_mask=self._additive(valid[:, None, :])).last_hidden_state
+            step_pos = step_pos + 1
+            last = hidden[:, -1]
+
+        results = []
+        for r in range(B):
+            n = max(1, len(out_tokens[r]))
+            results.append(_Decoded(out_tokens[r], stops[r] or "eot", float(no_speech[r]), logprob_sum[r] / n))
+        return results
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        """[B, q, k] booleans → the [B, 1, q, k] additive mask the attention layers take as-is."""
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        return mask[:, None]
+
+    def _is_silence(self, d: _Decoded) -> bool:
+        return (d.no_speech_prob > self.decoding.no_speech_threshold
+                and d.avg_logprob < self.decoding.logprob_threshold) or not d.tokens
+
+    def _decode_text(self, tokens: list[int]) -> str:
+        if not tokens:
+            return ""
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    def _token_text(self, tok: int) -> str:
+        text = self._id_text.get(tok)
+        if text is None:
+            text = self.tokenizer.convert_ids_to_tokens(tok) or ""
+            self._id_text[tok] = text
+        return text
+
+    def _units(self, tokens: list[int], unspaced: bool) -> list[tuple[str, list[int]]]:
+        """Group tokens into stability units: words (a token with a leading space starts one),
+        or for unspaced scripts the shortest groups that decode to whole characters."""
+        units: list[tuple[str, list[int]]] = []
+        group: list[int] = []
+        for tok in tokens:
+            starts_word = self._token_text(tok).startswith("Ġ")  # byte-level BPE marks a leading space so
+            if group and (starts_word or (unspaced and "\ufffd" not in self.tokenizer.decode(group))):
+                units.append((self.tokenizer.decode(group), group))
+                group = []
+            group.append(tok)
+        if group:
+            units.append((self.tokenizer.decode(group), group))
+        return units
+
+    def _agree(self, st: WhisperUtteranceState, d: _Decoded, stats: dict[str, Any]) -> Hypothesis:
+        """Feed one partial decode to LocalAgreement and grow the stable tokens accordingly."""
+        tokens = [] if self._is_silence(d) else d.tokens
+        units = self._units(tokens, st.language in UNSPACED_LANGUAGES)
+        # The last unit may still change (a suffix, its punctuation, or cut by
+        # the cap), so it never takes part in the agreement.
+        candidates = units[:-1]
+        before = len(st.agreement.stable)
+        stable, _ = st.agreement.insert(st.agreement.stable + [u for u, _ in candidates])
+        grown = len(stable) - before
+        for _, toks in candidates[:grown]:
+            st.stable_tokens.extend(toks)
+        rest = [t for _, toks in units[grown:] for t in toks]
+        stable_text = self._decode_text(st.stable_tokens)
+        full = self._decode_text(st.stable_tokens + rest)
+        if full.startswith(stable_text):
+            unstable_text = full[len(stable_text):].strip()
+        else:
+            unstable_text = self._decode_text(rest)
+        stats["new_stable_units"] = grown
+        return Hypothesis(stable_text, unstable_text, st.language, stats)

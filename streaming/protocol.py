@@ -1,0 +1,197 @@
+"""Wire protocol v1, sans I/O: frames in → client messages; server events → frames.
+
+See ``docs/protocol.md``. Nothing here touches a socket: the server passes each
+received frame (``str`` for text, ``bytes`` for binary) to :meth:`Parser.parse`
+and sends what :func:`encode_event` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+ENCODINGS = ("pcm_s16le", "pcm_f32le")
+MIN_SAMPLE_RATE_HZ = 8_000
+MAX_SAMPLE_RATE_HZ = 48_000
+
+
+class Wire(Enum):
+    JSON = "json"
+    MSGPACK = "msgpack"
+
+
+# code -> (fatal, WebSocket close code)
+ERROR_CODES: dict[str, tuple[bool, int | None]] = {
+    "bad_message": (False, None),
+    "unknown_message": (False, None),
+    "already_started": (False, None),
+    "partial_sample": (False, None),
+    "audio_before_start": (True, 1008),
+    "unsupported_encoding": (True, 1003),
+    "unsupported_sample_rate": (True, 1003),
+    "invalid_option": (True, 1008),
+    "message_too_large": (True, 1009),
+    "invalid_audio": (True, 1007),
+    "too_many_sessions": (True, 1013),
+    "idle_timeout": (True, 1008),
+    "slow_client": (True, 1008),
+    "shutting_down": (True, 1001),
+    "internal_error": (True, 1011),
+}
+
+
+class ProtocolError(Exception):
+    """A client fault with a stable ``code``; the shell turns it into one ``error`` event."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def fatal(self) -> bool:
+        return ERROR_CODES[self.code][0]
+
+    @property
+    def close_code(self) -> int | None:
+        return ERROR_CODES[self.code][1]
+
+
+@dataclass(frozen=True)
+class Start:
+    sample_rate: int
+    encoding: str
+    options: dict[str, Any]
+    """Every other field of the message (session options, validated by the session)."""
+
+
+@dataclass(frozen=True)
+class Audio:
+    pcm: bytes
+
+
+@dataclass(frozen=True)
+class Finalize:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+ClientMessage = Start | Audio | Finalize | Stop
+
+
+class Parser:
+    """Turns received frames into client messages; learns the wire format from the first frame."""
+
+    def __init__(self, max_message_bytes: int = 1 << 20) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.wire: Wire | None = None
+
+    def parse(self, frame: str | bytes) -> ClientMessage:
+        size = len(frame.encode("utf-8")) if isinstance(frame, str) else len(frame)
+        if size > self.max_message_bytes:
+            raise ProtocolError("message_too_large",
+                                f"frame of {size} bytes is over the limit of {self.max_message_bytes}")
+        if self.wire is None:
+            return self._parse_first(frame)
+        if self.wire is Wire.JSON:
+            if isinstance(frame, bytes):
+                return Audio(frame)
+            return _message_from_map(_json_map(frame))
+        if isinstance(frame, str):
+            raise ProtocolError("bad_message", "this session speaks msgpack: text frames are not allowed")
+        return _message_from_map(_msgpack_map(frame))
+
+    def _parse_first(self, frame: str | bytes) -> ClientMessage:
+        if isinstance(frame, str):
+            message = _message_from_map(_json_map(frame))
+            if isinstance(message, Start):
+                self.wire = Wire.JSON
+            return message
+        try:
+            obj = msgpack.unpackb(frame, raw=False)
+        except Exception:
+            obj = None
+        if isinstance(obj, dict) and obj.get("type") == "start":
+            message = _message_from_map(obj)
+            self.wire = Wire.MSGPACK
+            return message
+        raise ProtocolError("audio_before_start", "audio received before the start message")
+
+
+def _json_map(text: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError("bad_message", f"text frame is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_message", "a message must be a JSON object")
+    return obj
+
+
+def _msgpack_map(data: bytes) -> dict[str, Any]:
+    try:
+        obj = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise ProtocolError("bad_message", f"binary frame is not valid msgpack: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_message", "a msgpack message must be a map")
+    return obj
+
+
+def _message_from_map(obj: dict[str, Any]) -> ClientMessage:
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_message", "a message needs a string field 'type'")
+    if kind == "start":
+        return _parse_start(obj)
+    if kind == "audio":
+        pcm = obj.get("pcm")
+        if not isinstance(pcm, (bytes, bytearray)):
+            raise ProtocolError("bad_message", "an audio message needs binary field 'pcm'")
+        return Audio(bytes(pcm))
+    if kind == "finalize":
+        return Finalize()
+    if kind == "stop":
+        return Stop()
+    raise ProtocolError("unknown_message", f"unknown message type {kind!r}")
+
+
+def _parse_start(obj: dict[str, Any]) -> Start:
+    rate = obj.get("sample_rate", 16_000)
+    if isinstance(rate, float) and rate.is_integer():
+        rate = int(rate)
+    if not isinstance(rate, int) or isinstance(rate, bool):
+        raise ProtocolError("unsupported_sample_rate", f"sample_rate must be an integer, got {rate!r}")
+    if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
+        raise ProtocolError("unsupported_sample_rate",
+                            f"sample_rate {rate} is outside {MIN_SAMPLE_RATE_HZ}-{MAX_SAMPLE_RATE_HZ} Hz")
+    encoding = obj.get("encoding", "pcm_s16le")
+    if encoding not in ENCODINGS:
+        raise ProtocolError("unsupported_encoding",
+                            f"encoding {encoding!r} is not supported (use one of {', '.join(ENCODINGS)})")
+    options = {k: v for k, v in obj.items() if k not in ("type", "sample_rate", "encoding")}
+    return Start(rate, encoding, options)
+
+
+def encode_event(event: dict[str, Any], wire: Wire | None) -> str | bytes:
+    """Serialize one server event for the session's wire format (JSON until known)."""
+    if wire is Wire.MSGPACK:
+        return msgpack.packb(event, use_bin_type=True)
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def round_time(seconds: float) -> float:
+    """Event times in seconds, millisecond resolution."""
+    return round(seconds, 3) if math.isfinite(seconds) else 0.0

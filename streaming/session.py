@@ -1,0 +1,313 @@
+"""The per-connection stream state machine, sans I/O.
+
+A :class:`Session` takes received frames and engine results and returns
+*actions* for the shell to carry out: events to send, utterance work for the
+engine, and when to close. States: ``awaiting_start`` → ``streaming`` →
+(``stop`` or a fatal error) ``draining`` → ``closed``. While draining, the
+speech received so far is still decoded and its finals sent before ``end`` (or
+the fatal ``error``), so nothing the client sent is lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .audio import PcmDecoder, Resampler
+from .config import Config, ConfigError, SessionOptions, VadOptions, apply_session_fields, copy_options
+from .models.base import FinalResult, Hypothesis, OptionError, UtteranceOptions
+from .protocol import PROTOCOL_VERSION, Audio, Finalize, Parser, ProtocolError, Start, Stop, Wire, round_time
+from .vad import SAMPLE_RATE_HZ, Endpointer, UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent
+
+
+# ---- actions ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Send:
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Close:
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class OpenUtterance:
+    utterance_id: int
+    options: UtteranceOptions
+
+
+@dataclass(frozen=True)
+class FeedAudio:
+    utterance_id: int
+    audio: np.ndarray
+
+
+@dataclass(frozen=True)
+class RequestPartial:
+    utterance_id: int
+
+
+@dataclass(frozen=True)
+class RequestFinal:
+    utterance_id: int
+
+
+Action = Send | Close | OpenUtterance | FeedAudio | RequestPartial | RequestFinal
+
+
+@dataclass
+class ModelInfo:
+    """What the session needs to know about the model (never the model itself)."""
+
+    name: str
+    supports_window: bool = False
+    max_utterance_s: float = 30.0
+    validate: Callable[[UtteranceOptions], None] = lambda options: None
+
+
+@dataclass
+class _Utterance:
+    utterance_id: int
+    start_sample: int
+    samples: int = 0
+    samples_at_last_request: int = 0
+    end_sample: int | None = None
+    partial_in_flight: bool = False
+    partial_wanted: bool = False
+    last_partial_text: str | None = None
+
+
+class Session:
+    """One client stream; see the module docstring."""
+
+    def __init__(self, session_id: str, config: Config, model: ModelInfo,
+                 classify: Callable[[np.ndarray], bool] | None = None) -> None:
+        self.session_id = session_id
+        self.config = config
+        self.model = model
+        self.parser = Parser(config.server.max_message_bytes)
+        self.state = "awaiting_start"
+        self.options: SessionOptions | None = None
+        self.vad_options: VadOptions | None = None
+        self._classify = classify
+        self._seq = 0
+        self._decoder: PcmDecoder | None = None
+        self._resampler: Resampler | None = None
+        self._endpointer: Endpointer | None = None
+        self._open: _Utterance | None = None
+        self._awaiting_final: list[int] = []
+        """Utterances whose final is owed, in order."""
+        self._early_finals: dict[int, FinalResult] = {}
+        self._utterances: dict[int, _Utterance] = {}
+        self._previous_text: str | None = None
+        self._fatal: ProtocolError | None = None
+        self._stopping = False
+        self.audio_samples = 0
+        """16 kHz samples received so far."""
+        self.utterance_count = 0
+
+    # ---- inputs -------------------------------------------------------------------------------
+
+    @property
+    def wire(self) -> Wire | None:
+        return self.parser.wire
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    def receive(self, frame: str | bytes) -> list[Action]:
+        """Handle one received WebSocket frame."""
+        if self.state in ("draining", "closed"):
+            return []
+        try:
+            message = self.parser.parse(frame)
+            if isinstance(message, Start):
+                return self._start(message)
+            if self.state == "awaiting_start":
+                raise ProtocolError("audio_before_start", f"{type(message).__name__.lower()} before start")
+            if isinstance(message, Audio):
+                return self._audio(message.pcm)
+            if isinstance(message, Finalize):
+                return self._vad_events(self._endpointer.force_end())
+            if isinstance(message, Stop):
+                return self._stop()
+            raise AssertionError(message)
+        except ProtocolError as exc:
+            return self.fail(exc)
+
+    def fail(self, error: ProtocolError) -> list[Action]:
+        """A client fault or a server-side reason to end (idle, shutdown, internal error)."""
+        if not error.fatal:
+            return [self._event("error", code=error.code, message=error.message, fatal=False)]
+        if self.state in ("draining", "closed"):
+            return []
+        if self.state == "awaiting_start":
+            self.state = "closed"
+            return [self._event("error", code=error.code, message=error.message, fatal=True),
+                    Close(error.close_code or 1011, error.code)]
+        self._fatal = error
+        return self._begin_drain()
+
+    def partial_ready(self, utterance_id: int, hypothesis: Hypothesis | None) -> list[Action]:
+        """The engine finished (or dropped, with None) a partial request."""
+        utt = self._utterances.get(utterance_id)
+        if utt is None:
+            return []
+        utt.partial_in_flight = False
+        actions: list[Action] = []
+        is_open = self._open is not None and self._open.utterance_id == utterance_id
+        if hypothesis is not None and is_open and self.options.partials and self.state == "streaming":
+            text = hypothesis.text
+            if text and text != utt.last_partial_text:
+                utt.last_partial_text = text
+                actions.append(self._event(
+                    "partial", utterance_id=utterance_id, text=text, stable_text=hypothesis.stable_text.strip(),
+                    start_s=round_time(utt.start_sample / SAMPLE_RATE_HZ),
+                    end_s=round_time((utt.start_sample + utt.samples) / SAMPLE_RATE_HZ)))
+        if is_open and utt.partial_wanted:
+            actions.extend(self._request_partial(utt))
+        return actions
+
+    def final_ready(self, utterance_id: int, result: FinalResult) -> list[Action]:
+        """The engine finished an utterance's final; finals go out in utterance order."""
+        if utterance_id not in self._awaiting_final:
+            return []
+        self._early_finals[utterance_id] = result
+        actions: list[Action] = []
+        while self._awaiting_final and self._awaiting_final[0] in self._early_finals:
+            uid = self._awaiting_final.pop(0)
+            res = self._early_finals.pop(uid)
+            utt = self._utterances.pop(uid)
+            text = res.text.strip()
+            if text:
+                self._previous_text = text
+            actions.append(self._event(
+                "final", utterance_id=uid, text=text, language=res.language,
+                start_s=round_time(utt.start_sample / SAMPLE_RATE_HZ),
+                end_s=round_time((utt.end_sample or utt.start_sample) / SAMPLE_RATE_HZ)))
+        return actions + self._maybe_finish()
+
+    # ---- message handlers -----------------------------------------------------------------------
+
+    def _start(self, message: Start) -> list[Action]:
+        if self.state != "awaiting_start":
+            raise ProtocolError("already_started", "the session has already started; a second start is ignored")
+        session, vad = copy_options(self.config)
+        try:
+            apply_session_fields(session, vad, message.options)
+            if session.window_s is not None and not self.model.supports_window and "window_s" in message.options:
+                raise ConfigError(f"model {self.model.name} has no attention window: window_s is not supported")
+            vad = dataclasses.replace(vad, max_utterance_s=min(vad.max_utterance_s, self.model.max_utterance_s))
+            self.model.validate(self._utterance_options(session))
+        except (ConfigError, OptionError) as exc:
+            raise ProtocolError("invalid_option", str(exc)) from None
+        self.options, self.vad_options = session, vad
+        self._decoder = PcmDecoder(message.encoding)
+        self._resampler = Resampler(message.sample_rate)
+        self._endpointer = Endpointer(vad, classify=self._classify)
+        self.state = "streaming"
+        effective = dataclasses.asdict(session) | {
+            "endpoint_silence_ms": vad.endpoint_silence_ms, "max_utterance_s": vad.max_utterance_s,
+            "vad_aggressiveness": vad.aggressiveness, "sample_rate": message.sample_rate,
+            "encoding": message.encoding}
+        return [self._event("ready", session_id=self.session_id, model=self.model.name,
+                            protocol=PROTOCOL_VERSION, options=effective)]
+
+    def _audio(self, pcm: bytes) -> list[Action]:
+        samples = self._decoder.decode(pcm)
+        return self._samples(self._resampler.process(samples))
+
+    def _samples(self, samples: np.ndarray) -> list[Action]:
+        self.audio_samples += samples.size
+        return self._vad_events(self._endpointer.feed(samples))
+
+    def _stop(self) -> list[Action]:
+        actions: list[Action] = []
+        if self._decoder.pending_bytes:
+            actions.append(self._event(
+                "error", code="partial_sample", fatal=False,
+                message=f"stop arrived {self._decoder.pending_bytes} byte(s) into a sample; they were dropped"))
+        actions += self._samples(self._resampler.process(np.zeros(0, dtype=np.float32), last=True))
+        self._stopping = True
+        return actions + self._begin_drain()
+
+    def _begin_drain(self) -> list[Action]:
+        actions = self._vad_events(self._endpointer.flush()) if self._endpointer else []
+        self.state = "draining"
+        return actions + self._maybe_finish()
+
+    def _maybe_finish(self) -> list[Action]:
+        if self.state != "draining" or self._awaiting_final:
+            return []
+        self.state = "closed"
+        if self._fatal is not None:
+            err = self._fatal
+            return [self._event("error", code=err.code, message=err.message, fatal=True),
+                    Close(err.close_code or 1011, err.code)]
+        return [self._event("end", utterances=self.utterance_count,
+                            audio_s=round_time(self.audio_samples / SAMPLE_RATE_HZ)),
+                Close(1000, "end of stream")]
+
+    # ---- VAD events → actions -----------------------------------------------------------------
+
+    def _vad_events(self, events: list[VadEvent]) -> list[Action]:
+        actions: list[Action] = []
+        for ev in events:
+            if isinstance(ev, UtteranceStarted):
+                utt = _Utterance(ev.utterance_id, ev.start_sample)
+                self._open = utt
+                self._utterances[utt.utterance_id] = utt
+                self.utterance_count += 1
+                actions.append(self._event("speech_start", utterance_id=utt.utterance_id,
+                                           start_s=round_time(ev.start_sample / SAMPLE_RATE_HZ)))
+                actions.append(OpenUtterance(utt.utterance_id, self._utterance_options(self.options)))
+                actions.extend(self._feed(utt, ev.audio))
+            elif isinstance(ev, UtteranceAudio):
+                actions.extend(self._feed(self._utterances[ev.utterance_id], ev.audio))
+            elif isinstance(ev, UtteranceEnded):
+                utt = self._utterances[ev.utterance_id]
+                utt.end_sample = ev.end_sample
+                self._open = None
+                self._awaiting_final.append(utt.utterance_id)
+                actions.append(self._event("speech_end", utterance_id=utt.utterance_id,
+                                           end_s=round_time(ev.end_sample / SAMPLE_RATE_HZ)))
+                actions.append(RequestFinal(utt.utterance_id))
+        return actions
+
+    def _feed(self, utt: _Utterance, audio: np.ndarray) -> list[Action]:
+        if audio.size == 0:
+            return []
+        utt.samples += audio.size
+        actions: list[Action] = [FeedAudio(utt.utterance_id, audio)]
+        step = int(self.options.step_s * SAMPLE_RATE_HZ)
+        if self.options.partials and utt.samples - utt.samples_at_last_request >= step:
+            actions.extend(self._request_partial(utt))
+        return actions
+
+    def _request_partial(self, utt: _Utterance) -> list[Action]:
+        # At most one partial in flight per utterance: the engine always decodes all audio
+        # received by the time it runs, so a request made meanwhile would be redundant.
+        if utt.partial_in_flight:
+            utt.partial_wanted = utt.samples > utt.samples_at_last_request
+            return []
+        utt.partial_in_flight = True
+        utt.partial_wanted = False
+        utt.samples_at_last_request = utt.samples
+        return [RequestPartial(utt.utterance_id)]
+
+    def _utterance_options(self, session: SessionOptions) -> UtteranceOptions:
+        return UtteranceOptions(language=session.language, window_s=session.window_s,
+                                context=session.context, previous_text=self._previous_text)
+
+    def _event(self, kind: str, **fields: Any) -> Send:
+        event = {"type": kind, "seq": self._seq, **fields}
+        self._seq += 1
+        return Send(event)

@@ -1,0 +1,61 @@
+"""A deterministic stand-in model for fast tests of everything around the model."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from streaming.models.base import Backend, FinalResult, Hypothesis, OptionError, UtteranceOptions, UtteranceState
+from streaming.stability import LocalAgreement
+
+
+class CountingState(UtteranceState):
+    def __init__(self, options: UtteranceOptions) -> None:
+        self.options = options
+        self.samples: list[np.ndarray] = []
+        self.agreement: LocalAgreement[str] = LocalAgreement()
+
+    def append_audio(self, samples: np.ndarray) -> None:
+        self.samples.append(samples)
+
+    @property
+    def duration_s(self) -> float:
+        return sum(s.size for s in self.samples) / 16_000
+
+    def words(self) -> list[str]:
+        # One "word" per half second of audio: text that grows as audio arrives.
+        return [f"w{i}" for i in range(int(self.duration_s * 2))]
+
+
+class CountingBackend(Backend):
+    """'Transcribes' an utterance as w0 w1 … (one word per 0.5 s); optional compute delay."""
+
+    name = "counting"
+    multilingual = True
+
+    def __init__(self, delay_s: float = 0.0, supports_window: bool = False) -> None:
+        self.delay_s = delay_s
+        self.supports_window = supports_window
+        self.batches: list[tuple[str, int]] = []
+
+    def validate_options(self, options: UtteranceOptions) -> None:
+        if options.language == "xx":
+            raise OptionError("language 'xx' is not supported")
+
+    def new_utterance(self, options: UtteranceOptions) -> CountingState:
+        return CountingState(options)
+
+    def step(self, states: list[UtteranceState]) -> list[Hypothesis]:
+        self.batches.append(("step", len(states)))
+        time.sleep(self.delay_s)
+        out = []
+        for st in states:
+            stable, tail = st.agreement.insert(st.words())
+            out.append(Hypothesis(" ".join(stable), " ".join(tail), "en"))
+        return out
+
+    def finalize(self, states: list[UtteranceState]) -> list[FinalResult]:
+        self.batches.append(("final", len(states)))
+        time.sleep(self.delay_s)
+        return [FinalResult(" ".join(st.words()), "en") for st in states]
