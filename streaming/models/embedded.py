@@ -37,7 +37,13 @@ from typing import TYPE_CHECKING, BinaryIO
 import torch
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import (
+        GenerationConfig,
+        PreTrainedTokenizerFast,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -474,8 +480,7 @@ def ct2_whisper_state_dict(ct2: Ct2Model) -> dict[str, torch.Tensor]:
         linear(f"{hf}.self_attn.out_proj", f"{ct}/self_attention/linear_1")
         layer_norm(f"{hf}.self_attn_layer_norm", f"{ct}/self_attention/layer_norm")
         (q_w,), (q_b,) = split_rows(f"{ct}/attention/linear_0", 1)
-        k_w, v_w = split_rows(f"{ct}/attention/linear_1", 2)[0]
-        k_b, v_b = split_rows(f"{ct}/attention/linear_1", 2)[1]
+        (k_w, v_w), (k_b, v_b) = split_rows(f"{ct}/attention/linear_1", 2)
         qkv(f"{hf}.encoder_attn", [q_w, k_w, v_w], [q_b, k_b, v_b])
         linear(f"{hf}.encoder_attn.out_proj", f"{ct}/attention/linear_2")
         layer_norm(f"{hf}.encoder_attn_layer_norm", f"{ct}/attention/layer_norm")
@@ -542,7 +547,7 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "streaming-asr"
 
 
-def load_embedded_whisper(name: str, cache_dir: Path | None = None, use_cache: bool = True) -> WhisperAssets:
+def load_embedded_whisper(name: str, cache_dir: str | Path | None = None, use_cache: bool = True) -> WhisperAssets:
     """Load an embedded checkpoint by name as a transformers Whisper model (float32, CPU, eval)."""
     key = _embedded_key(name)
     if key is None:
@@ -551,10 +556,10 @@ def load_embedded_whisper(name: str, cache_dir: Path | None = None, use_cache: b
     return load_ct2_whisper(spec.sources(), spec.name, cache_dir=cache_dir, use_cache=use_cache)
 
 
-def load_ct2_whisper(sources: Ct2Sources, name: str, cache_dir: Path | None = None,
+def load_ct2_whisper(sources: Ct2Sources, name: str, cache_dir: str | Path | None = None,
                      use_cache: bool = True) -> WhisperAssets:
     """Load any CTranslate2 Whisper checkpoint, converting it or reading the safetensors cache."""
-    from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor
+    from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
 
     try:
         ct2_config = json.loads(sources.config_json.read_text(encoding="utf-8"))
@@ -572,7 +577,7 @@ def load_ct2_whisper(sources: Ct2Sources, name: str, cache_dir: Path | None = No
     state: dict[str, torch.Tensor] | None = None
     config: WhisperConfig | None = None
     if use_cache:
-        cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         cache_file = cache_dir / f"{name}-{sources.cache_key()}.safetensors"
         loaded = _read_cache(cache_file)
         if loaded is not None:
@@ -607,7 +612,7 @@ def _required_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
     return token_id
 
 
-def _whisper_config(dims: WhisperDims, ct2_config: dict, tokenizer: PreTrainedTokenizerFast):  # -> WhisperConfig
+def _whisper_config(dims: WhisperDims, ct2_config: dict, tokenizer: PreTrainedTokenizerFast) -> WhisperConfig:
     """A transformers config for the dims read from model.bin and the CT2 config.json."""
     from transformers import WhisperConfig
 
@@ -631,7 +636,8 @@ def _is_multilingual(vocab_size: int) -> bool:
     return vocab_size >= 51865
 
 
-def _generation_config(config, ct2_config: dict, tokenizer: PreTrainedTokenizerFast):  # -> GenerationConfig
+def _generation_config(config: WhisperConfig, ct2_config: dict,
+                       tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
     """A generation config so that ``model.generate`` and :func:`whisper_assets_from_pretrained` agree."""
     from transformers import GenerationConfig
 
@@ -661,13 +667,13 @@ def _generation_config(config, ct2_config: dict, tokenizer: PreTrainedTokenizerF
     )
 
 
-def _default_alignment_heads(config) -> list[tuple[int, int]]:
+def _default_alignment_heads(config: WhisperConfig) -> list[tuple[int, int]]:
     """All heads of the last half of the decoder layers (CTranslate2's fallback)."""
     layers, heads = config.decoder_layers, config.decoder_attention_heads
     return [(layer, head) for layer in range(layers // 2, layers) for head in range(heads)]
 
 
-def _build_model(config, state: dict[str, torch.Tensor]) -> WhisperForConditionalGeneration:
+def _build_model(config: WhisperConfig, state: dict[str, torch.Tensor]) -> WhisperForConditionalGeneration:
     """Instantiate without random init (meta device) and assign every tensor from ``state``."""
     from transformers import WhisperForConditionalGeneration
 
@@ -684,7 +690,7 @@ def _build_model(config, state: dict[str, torch.Tensor]) -> WhisperForConditiona
     return model.to(torch.float32).eval()
 
 
-def _read_cache(path: Path) -> tuple[dict[str, torch.Tensor], object] | None:
+def _read_cache(path: Path) -> tuple[dict[str, torch.Tensor], WhisperConfig] | None:
     """The cached state dict and config, or ``None`` when absent or unreadable (then rebuilt)."""
     if not path.is_file():
         return None
@@ -706,7 +712,7 @@ def _read_cache(path: Path) -> tuple[dict[str, torch.Tensor], object] | None:
     return state, config
 
 
-def _write_cache(path: Path, state: dict[str, torch.Tensor], config) -> None:
+def _write_cache(path: Path, state: dict[str, torch.Tensor], config: WhisperConfig) -> None:
     """Write the converted weights atomically (temp file + rename) and drop stale entries of the same model."""
     from safetensors.torch import save_file
 
