@@ -40,6 +40,9 @@ class EngineOptions:
 
     max_batch: int = 8
     """Most utterances decoded together in one batch."""
+    partial_batch_s: float = 0.5
+    """Target duration of one partial batch: partial batches are sized from the measured cost per
+    utterance so a final that arrives meanwhile waits at most about this long (finals go first)."""
 
 
 @dataclass

@@ -59,10 +59,13 @@ class EngineStats:
 class Engine:
     """Owns a :class:`Backend`; see the module docstring."""
 
-    def __init__(self, backend: Backend, max_batch: int = 8, threads: int = 0) -> None:
+    def __init__(self, backend: Backend, max_batch: int = 8, threads: int = 0, partial_batch_s: float = 0.5) -> None:
         self.backend = backend
         self.max_batch = max(1, max_batch)
         self.threads = threads
+        self.partial_batch_s = partial_batch_s
+        self._partial_item_s = 0.0
+        """Moving average of the cost of one utterance in a partial batch (0 = not measured yet)."""
         self.stats = EngineStats()
         self._slots: dict[Hashable, _Slot] = {}
         self._cond = threading.Condition()
@@ -174,7 +177,7 @@ class Engine:
                 continue
             ready.sort(key=lambda s: getattr(s, f"{kind}_since"))
             batch = []
-            for slot in ready[: self.max_batch]:
+            for slot in ready[: self._batch_limit(kind)]:
                 future = getattr(slot, kind)
                 setattr(slot, kind, None)
                 audio, slot.audio = slot.audio, []
@@ -182,6 +185,16 @@ class Engine:
                 batch.append((slot, audio, future))
             return batch, kind
         return None, ""
+
+    def _batch_limit(self, kind: str) -> int:
+        """Finals: ``max_batch``. Partials: as many as fit in ``partial_batch_s`` at the measured cost.
+
+        On a GPU an item costs little and batches stay large; on a CPU, where cost grows with
+        the batch, partials go in small batches so finals are never stuck behind a long one.
+        """
+        if kind == "final" or self._partial_item_s <= 0:
+            return self.max_batch
+        return max(1, min(self.max_batch, int(self.partial_batch_s / self._partial_item_s)))
 
     def _process(self, batch: list[tuple[_Slot, list[np.ndarray], asyncio.Future]], kind: str) -> None:
         t0 = time.perf_counter()
@@ -209,6 +222,8 @@ class Engine:
             st.final_batches += 1
         else:
             st.partial_batches += 1
+            item_s = elapsed / len(batch)
+            self._partial_item_s = item_s if self._partial_item_s <= 0 else 0.7 * self._partial_item_s + 0.3 * item_s
         for result in results:
             result.stats.setdefault("batch", len(batch))
             result.stats.setdefault("batch_ms", round(elapsed * 1000, 1))
