@@ -215,7 +215,7 @@ class Backoff:
 
     initial_s: float = 0.5
     factor: float = 2.0
-    max_s: float = 10.0
+    max_s: float = 5.0
     jitter: float = 0.1
 
     def delay_s(self, attempt: int, rand: random.Random | None = None) -> float:

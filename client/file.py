@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
     options = MicOptions(url=args.url, language=args.language, use_msgpack=args.msgpack,
-                         stop_timeout_s=args.timeout_s, insecure=args.insecure)
+                         stop_timeout_s=args.timeout_s, insecure=args.insecure, retry_first_connect=False)
     writers = [SubtitleWriter(path, fmt) for path, fmt in ((args.srt, "srt"), (args.vtt, "vtt")) if path]
-    output = Output(json_mode=args.json, subtitles=writers)
+    output = Output(json_mode=args.json, subtitles=writers, name="file")
     client = MicClient(source, options, output)
     try:
         return asyncio.run(client.run())

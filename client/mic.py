@@ -153,8 +153,9 @@ class Output:
     """Where events go: the terminal (captions or JSON lines), subtitle files and stderr notices."""
 
     def __init__(self, json_mode: bool = False, subtitles: list[SubtitleWriter] | None = None,
-                 display: TerminalDisplay | None = None) -> None:
+                 display: TerminalDisplay | None = None, name: str = "mic") -> None:
         self.json_mode = json_mode
+        self.name = name
         self.subtitles = subtitles or []
         self.display = display or TerminalDisplay(sys.stdout, interactive=False if json_mode else None)
         self.captions = CaptionState()
@@ -176,7 +177,7 @@ class Output:
 
     def notice(self, message: str) -> None:
         self.display.clear()
-        print(f"[mic] {message}", file=sys.stderr, flush=True)
+        print(f"[{self.name}] {message}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.display.clear()
@@ -210,6 +211,8 @@ class MicOptions:
     backoff: Backoff = field(default_factory=Backoff)
     insecure: bool = False
     """Accept any TLS certificate (self-signed test servers)."""
+    retry_first_connect: bool = True
+    """Keep trying when the very first connection fails (a live source should wait for the server)."""
 
 
 class MicClient:
@@ -319,6 +322,9 @@ class MicClient:
             except (OSError, WebSocketException, asyncio.TimeoutError) as exc:
                 outcome = "lost"
                 reason = _describe(exc)
+                if self.connections == 0 and not self.options.retry_first_connect:
+                    self.output.notice(f"cannot connect to {self.options.url}: {reason}")
+                    return 1
                 if self.connections == 0 and attempt == 0:
                     self.output.notice(f"cannot connect to {self.options.url}: {reason}; retrying")
                 elif attempt == 0:
@@ -497,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_devices:
         import sounddevice as sd
 
-        print(sd.query_devices())
+        devices = sd.query_devices()
+        print(devices if len(devices) else "no audio devices found")
         return 0
     options = MicOptions(url=args.url, language=args.language, window_s=args.window_s, use_msgpack=args.msgpack,
                          max_buffer_s=args.max_buffer_s, stop_timeout_s=args.stop_timeout_s, insecure=args.insecure)

@@ -13,7 +13,7 @@ export function infoUrl(loc) {
 }
 
 /** Exponential reconnect delay in seconds for the n-th failed attempt (0-based), ±10 % jitter. */
-export function backoffDelayS(attempt, { initialS = 0.5, factor = 2, maxS = 10, jitter = 0.1 } = {},
+export function backoffDelayS(attempt, { initialS = 0.5, factor = 2, maxS = 5, jitter = 0.1 } = {},
   rand = Math.random) {
   const base = Math.min(maxS, initialS * factor ** Math.max(0, attempt));
   return Math.max(0, base * (1 + jitter * (2 * rand() - 1)));

@@ -1,0 +1,170 @@
+"""The browser demo in headless Chromium, with a wav file as the microphone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from client.subtitles import parse_subtitles
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CLIP_IDS = ["jfk", "lib_left", "librivox_0870", "goforward"]
+LEAD_S, GAP_S, TAIL_S = 1.0, 1.5, 8.0
+# Chromium's fake capture device converts the file to the capture format itself; 48 kHz is its
+# native rate, so the file plays unchanged, and the page still declares the AudioContext's real rate.
+FILE_RATE_HZ = 48_000
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory) -> tuple[Path, list[tuple[str, float, float]]]:
+    """A few English dev clips joined by silence (Chromium loops the file: the tail keeps loops apart)."""
+    from streaming.evaluation import dev_clips
+
+    clips = {c.id: c for c in dev_clips()}
+    parts = [np.zeros(round(LEAD_S * FILE_RATE_HZ), np.float32)]
+    spans, t = [], LEAD_S
+    for clip_id in CLIP_IDS:
+        audio = clips[clip_id].load(FILE_RATE_HZ)
+        spans.append((clips[clip_id].text, t, t + len(audio) / FILE_RATE_HZ))
+        parts += [audio, np.zeros(round(GAP_S * FILE_RATE_HZ), np.float32)]
+        t += len(audio) / FILE_RATE_HZ + GAP_S
+    parts.append(np.zeros(round(TAIL_S * FILE_RATE_HZ), np.float32))
+    path = tmp_path_factory.mktemp("browser") / "speech-48k.wav"
+    sf.write(path, np.concatenate(parts), FILE_RATE_HZ, subtype="PCM_16")
+    return path, spans
+
+
+@pytest.fixture(scope="module")
+def browser(speech_wav):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    wav, _ = speech_wav
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}",
+            # The overlay starts by itself, as in an OBS browser source (no click to unlock audio).
+            "--autoplay-policy=no-user-gesture-required"]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)  # fresh temp profile
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def http_url():
+    from tests.helpers import running_server
+
+    with running_server() as ws_url:
+        yield ws_url.replace("ws://", "http://").removesuffix("/v1/stream")
+
+
+def _stats(page) -> dict:
+    return page.evaluate("JSON.parse(JSON.stringify(window.captionStats))")
+
+
+def test_live_captions_transcript_and_downloads(browser, http_url, speech_wav, tmp_path) -> None:
+    from streaming.evaluation import wer
+
+    wav, spans = speech_wav
+    file_s = sf.info(str(wav)).duration
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(http_url + "/")
+    page.wait_for_function("document.getElementById('model').textContent.length > 0")  # /v1/info loaded
+    assert page.is_disabled("#window")  # tiny.en has no attention window
+    page.click("#start")
+    page.wait_for_function("window.captionStats.state === 'live'", timeout=20_000)
+
+    # A partial is shown differently from finals (grey italic) while an utterance is open.
+    page.wait_for_selector("#caption-partial:not([hidden])", timeout=30_000)
+    style = page.eval_on_selector("#caption-partial", "e => getComputedStyle(e).fontStyle")
+    assert style == "italic"
+    page.screenshot(path=str(ARTIFACTS / "page-live.png"))
+
+    # Wait for the final of the last clip of the first loop, then stop.
+    last_start_s = spans[-1][1]
+    page.wait_for_function(
+        "(() => { const s = window.captionStats; return s.lastFinalEndS !== null && "
+        f"s.lastFinalEndS >= {last_start_s}; }})()", timeout=90_000)
+    page.click("#stop")
+    page.wait_for_function("window.captionStats.state === 'idle'", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "page.png"))
+    stats = _stats(page)
+
+    # Partials come before the final of their utterance, and most utterances have them.
+    seen_partial: dict[int, float] = {}
+    finals_at: dict[int, float] = {}
+    for entry in stats["log"]:
+        if entry["type"] == "partial":
+            assert entry["utteranceId"] not in finals_at, "partial after its final"
+            seen_partial.setdefault(entry["utteranceId"], entry["atMs"])
+        elif entry["type"] == "final":
+            finals_at[entry["utteranceId"]] = entry["atMs"]
+    assert finals_at and len(seen_partial) >= len(finals_at) / 2
+    assert min(seen_partial.values()) < min(finals_at.values())
+
+    # Downloads: TXT, SRT and VTT of the same finals.
+    files = {}
+    for kind in ("txt", "srt", "vtt"):
+        with page.expect_download() as info:
+            page.click(f"#download-{kind}")
+        target = tmp_path / f"captions.{kind}"
+        info.value.save_as(target)
+        shutil.copy(target, ARTIFACTS / f"browser-captions.{kind}")
+        files[kind] = target.read_text(encoding="utf-8")
+    srt_cues, vtt_cues = parse_subtitles(files["srt"], "srt"), parse_subtitles(files["vtt"], "vtt")
+    assert [c.text for c in srt_cues] == [c.text for c in vtt_cues] == files["txt"].splitlines()
+    for a, b in zip(srt_cues, srt_cues[1:]):
+        assert a.start_s < a.end_s <= b.start_s < b.end_s
+
+    # Final captions of the first loop of the file match the reference.
+    first_loop = [c.text for c in srt_cues if c.start_s < file_s - TAIL_S]
+    hypothesis = " ".join(first_loop)
+    reference = " ".join(text for text, _, _ in spans)
+    error = wer([reference], [hypothesis])
+    summary = {
+        "wer": round(error, 3), "sample_rate": stats["sampleRate"],
+        "first_partial_latency_s": stats["firstPartialLatenciesS"], "final_latency_s": stats["finalLatenciesS"],
+        "hypothesis": hypothesis,
+    }
+    (ARTIFACTS / "browser.json").write_text(json.dumps(summary, indent=1))
+    assert error <= 0.15, summary
+    assert stats["sampleRate"] and stats["firstPartialLatencyS"] and stats["finalLatencyS"]
+    assert not errors, errors
+    page.close()
+
+
+def test_overlay_shows_large_high_contrast_captions(browser, http_url) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(http_url + "/overlay")  # starts by itself
+    page.wait_for_function("document.querySelectorAll('#caption-finals .caption-line').length > 0", timeout=60_000)
+    look = page.evaluate("""(() => {
+        const line = document.querySelector('#caption-finals .caption-line');
+        const s = getComputedStyle(line), body = getComputedStyle(document.body);
+        const hidden = ['.controls', '.transcript-panel'].map(q => getComputedStyle(document.querySelector(q)).display);
+        return {fontSize: parseFloat(s.fontSize), color: s.color, stroke: s.webkitTextStrokeColor,
+                background: body.backgroundColor, hidden, lines: document.querySelectorAll('.caption-line').length,
+                visible: line.getBoundingClientRect().height > 0};
+    })()""")
+    page.screenshot(path=str(ARTIFACTS / "overlay.png"), omit_background=True)
+    assert look["visible"] and look["fontSize"] >= 28
+    assert look["color"] == "rgb(255, 255, 255)" and look["stroke"] == "rgb(0, 0, 0)"
+    assert look["background"] in ("rgba(0, 0, 0, 0)", "transparent")
+    assert look["hidden"] == ["none", "none"]
+    assert look["lines"] <= 2
+    assert not errors, errors
+    page.close()
