@@ -6,6 +6,7 @@ A tiny model with random weights runs the same code path as the real checkpoints
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -369,3 +370,48 @@ def test_benchmark_runs_with_tiny_model(tmp_path):
     assert {r["mode"] for r in data["runs"]} >= {"window_1s", "window_2s", "refeed"}
     assert [r["batch"] for r in data["realtime"]] == [1, 3]
     assert (tmp_path / "bench_qwen3.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------- server
+
+
+def test_session_over_loopback(tiny):
+    """The tiny model behind the real server: ready, partials, finals, end; window_s 9 is refused."""
+    from websockets.sync.client import connect
+
+    from streaming.audio import float_to_pcm16
+    from streaming.evaluation import dev_clips
+    from streaming.loadgen import with_silence
+    from tests.helpers import running_server
+
+    backend = make_backend(tiny, repetition_guard=True, max_new_tokens_per_step=4)
+    clip = {c.id: c for c in dev_clips()}["lib_left"].load()
+    pcm = float_to_pcm16(with_silence(clip, 0.5, 1.5))
+    with running_server(backend, step_s=0.5) as url:
+        with connect(url, open_timeout=10) as ws:
+            ws.send(json.dumps({"type": "start", "language": "en", "window_s": 2}))
+            ready = json.loads(ws.recv(timeout=10))
+            assert ready["type"] == "ready" and ready["options"]["window_s"] == 2
+            for i in range(0, len(pcm), 6400):  # 0.2 s of audio every 0.1 s: a client at 2x real time
+                ws.send(pcm[i:i + 6400])
+                time.sleep(0.1)
+            ws.send(json.dumps({"type": "stop"}))
+            events = []
+            while True:
+                ev = json.loads(ws.recv(timeout=60))
+                events.append(ev)
+                if ev["type"] == "end":
+                    break
+        types = [e["type"] for e in events]
+        assert "partial" in types and "final" in types, types
+        assert types.index("partial") < types.index("final")
+        finals = [e for e in events if e["type"] == "final"]
+        assert all(f["language"] == "en" for f in finals)
+        assert any(f["text"] for f in finals)
+        for p in (e for e in events if e["type"] == "partial"):
+            assert p["text"].startswith(p["stable_text"])
+
+        with connect(url, open_timeout=10) as ws:
+            ws.send(json.dumps({"type": "start", "window_s": 9}))
+            ev = json.loads(ws.recv(timeout=10))
+            assert ev["type"] == "error" and ev["code"] == "invalid_option", ev
