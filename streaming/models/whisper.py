@@ -449,22 +449,17 @@ class WhisperBackend(Backend):
 
         out_tokens: list[list[int]] = [[] for _ in range(B)]
         logprob_sum = [0.0] * B
-        stops = [""] * B
-        alive = list(range(B))  # original row of each live cache row
-        for r in range(B):
-            if caps[r] <= 0:
-                stops[r] = "cap"
-        keep = [r for r in alive if not stops[r]]
-        step_pos = lengths.clone()
+        stops = ["cap" if cap <= 0 else "" for cap in caps]
+        alive = [r for r in range(B) if not stops[r]]  # original row of each live cache row
+        step_pos = lengths
+        if len(alive) < B:
+            if not alive:
+                return [_Decoded([], "cap", float(p), 0.0) for p in no_speech]
+            sel = torch.tensor(alive, device=dev)
+            cache.reorder_cache(sel)
+            last, valid, step_pos, enc = last[sel], valid[sel], step_pos[sel], enc[sel]
         first = True
         while True:
-            if len(keep) != len(alive):
-                if not keep:
-                    break
-                sel = torch.tensor([alive.index(r) for r in keep], device=dev)
-                cache.reorder_cache(sel)
-                last, valid, step_pos, enc = last[sel], valid[sel], step_pos[sel], enc[sel]
-                alive = keep
             logits = self._logits(last)
             mask = suppress_begin if (first and suppress_begin is not None) else suppress
             logits.masked_fill_(mask, -math.inf)
@@ -472,7 +467,7 @@ class WhisperBackend(Backend):
             best = logprobs.argmax(-1)
             best_lp = logprobs.gather(1, best[:, None])[:, 0]
             first = False
-            keep = []
+            keep: list[int] = []  # positions in the live batch of rows that go on
             for j, (r, tok, lp) in enumerate(zip(alive, best.tolist(), best_lp.tolist(), strict=True)):
                 if tok == self.eot_id:
                     stops[r] = "eot"
@@ -487,15 +482,14 @@ class WhisperBackend(Backend):
                 elif len(out_tokens[r]) >= caps[r]:
                     stops[r] = "cap"
                 else:
-                    keep.append(r)
+                    keep.append(j)
             if not keep:
                 break
-            if len(keep) != len(alive):
-                sel_list = [alive.index(r) for r in keep]
-                sel = torch.tensor(sel_list, device=dev)
+            if len(keep) < len(alive):
+                sel = torch.tensor(keep, device=dev)
                 cache.reorder_cache(sel)
                 best, valid, step_pos, enc = best[sel], valid[sel], step_pos[sel], enc[sel]
-                alive = keep
+                alive = [alive[j] for j in keep]
             valid = torch.cat([valid, torch.ones(len(alive), 1, dtype=torch.bool, device=dev)], dim=1)
             hidden = self.decoder(input_ids=best[:, None], encoder_hidden_states=enc, cache=cache, use_cache=True,
                                   position_ids=step_pos[:, None],
