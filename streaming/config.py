@@ -99,7 +99,7 @@ class VadOptions:
     """Window over which ``speech_start_ms`` is counted."""
     endpoint_silence_ms: int = 600
     """Unvoiced audio that ends an utterance."""
-    preroll_ms: int = 300
+    preroll_ms: int = 150
     """Audio kept before the detected start so first words are not clipped."""
     max_utterance_s: float = 25.0
     """An utterance is cut at the quietest point near this length."""

@@ -47,7 +47,7 @@ class StreamResult:
 
 async def stream_audio(url: str, audio: np.ndarray, sample_rate: int = 16_000, *, chunk_s: float = 0.1,
                        speed: float = 1.0, use_msgpack: bool = False, start_fields: dict[str, Any] | None = None,
-                       preroll_s: float = 0.3, timeout_s: float = 120.0) -> StreamResult:
+                       preroll_s: float = 0.15, timeout_s: float = 120.0) -> StreamResult:
     """Stream mono float32 ``audio`` (at ``sample_rate``) as pcm_s16le, then ``stop``; collect events.
 
     ``speed`` 1.0 is real time, 0 as fast as possible. ``preroll_s`` must match the

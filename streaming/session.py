@@ -288,8 +288,8 @@ class Session:
         utt.samples += audio.size
         actions: list[Action] = [FeedAudio(utt.utterance_id, audio)]
         step = int(self.options.step_s * SAMPLE_RATE_HZ)
-        if utt.samples_at_last_request == 0:
-            step //= 2  # the first partial comes after half a step: it is what users wait for
+        if utt.last_partial_text is None:
+            step //= 2  # until the first words show, ask twice as often: the first partial is what users wait for
         if self.options.partials and utt.samples - utt.samples_at_last_request >= step:
             actions.extend(self._request_partial(utt))
         return actions

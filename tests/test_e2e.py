@@ -60,7 +60,7 @@ async def test_english_dev_clips_four_at_a_time_real_time(english):
 
 
 async def test_long_stream_one_final_per_utterance_in_order(clips):
-    ids = ["lib_left", "onetwothree", "librivox_0880", "goforward"]
+    ids = ["lib_left", "cards_001", "librivox_0870", "goforward"]
     gap = np.zeros(32000, np.float32)
     parts = []
     for cid in ids:
@@ -139,7 +139,7 @@ async def test_bad_inputs_while_a_good_stream_finishes(clips):
 
 
 async def test_msgpack_end_to_end(clips):
-    clip = clips["onetwothree"]
+    clip = clips["librivox_0890"]
     with running_server() as url:
         r = await stream_audio(url, with_silence(clip.load(), 0.3, 1.0), speed=0, use_msgpack=True)
     assert r.close_code == 1000 and r.finals

@@ -95,7 +95,7 @@ def test_full_session_event_order_and_seq():
         assert all(k == "partial" for k in kinds[1:kinds.index("speech_end")])
     assert "partial" in t
     assert d.closed == Close(1000, "end of stream")
-    assert finals[0]["start_s"] == pytest.approx(0.2, abs=0.04)
+    assert finals[0]["start_s"] == pytest.approx(0.5 - 0.15, abs=0.04)  # 150 ms pre-roll
     assert finals[0]["end_s"] == pytest.approx(2.5, abs=0.04)
 
 
@@ -125,9 +125,9 @@ def test_stop_mid_word_yields_last_words():
     d.audio(np.concatenate([silence(0.3), tone(1.5)]))
     d.send('{"type":"stop"}')
     finals = [e for e in d.events if e["type"] == "final"]
-    # All 1.8 s reached the model (3.6 half-seconds → w0 w1 w2), up to the very last sample.
+    # Everything from the pre-roll (0.15 s) to the very last sample reached the model.
     assert len(finals) == 1 and finals[0]["text"] == "w0 w1 w2"
-    assert d.states[0].duration_s == pytest.approx(1.8, abs=1e-3)
+    assert d.states[0].duration_s == pytest.approx(1.8 - 0.15, abs=1e-3)
     assert d.types()[-1] == "end"
 
 
@@ -222,7 +222,7 @@ def test_resampled_48k_times_are_stream_times():
     d.audio(np.concatenate([silence(1.0, 48000), tone(2.0, 48000), silence(1.0, 48000)]), chunk=9600)
     d.send('{"type":"stop"}')
     final = next(e for e in d.events if e["type"] == "final")
-    assert final["start_s"] == pytest.approx(0.7, abs=0.05)
+    assert final["start_s"] == pytest.approx(1.0 - 0.15, abs=0.05)
     assert final["end_s"] == pytest.approx(3.0, abs=0.05)
 
 
