@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from streaming.models.base import Backend, FinalResult, Hypothesis, OptionError, UtteranceOptions, UtteranceState
 from streaming.stability import LocalAgreement
 
 
 class CountingState(UtteranceState):
     def __init__(self, options: UtteranceOptions) -> None:
+        super().__init__()
         self.options = options
-        self.samples: list[np.ndarray] = []
         self.agreement: LocalAgreement[str] = LocalAgreement()
-
-    def append_audio(self, samples: np.ndarray) -> None:
-        self.samples.append(samples)
-
-    @property
-    def duration_s(self) -> float:
-        return sum(s.size for s in self.samples) / 16_000
 
     def words(self) -> list[str]:
         # One "word" per half second of audio: text that grows as audio arrives.

@@ -415,3 +415,23 @@ def test_session_over_loopback(tiny):
             ws.send(json.dumps({"type": "start", "window_s": 9}))
             ev = json.loads(ws.recv(timeout=10))
             assert ev["type"] == "error" and ev["code"] == "invalid_option", ev
+
+
+def test_load_backend_takes_a_local_checkpoint_folder(tmp_path):
+    """`--model FOLDER` with a saved Qwen3-ASR checkpoint goes through the same loader users hit."""
+    from transformers import Qwen3ASRFeatureExtractor, Qwen3ASRProcessor
+
+    from streaming.models import load_backend, model_type
+
+    model, tok = random_model("tiny", seed=1)
+    model.save_pretrained(tmp_path)
+    Qwen3ASRProcessor(feature_extractor=Qwen3ASRFeatureExtractor(), tokenizer=tok).save_pretrained(tmp_path)
+    assert model_type(str(tmp_path)) == "qwen3_asr"
+    backend = load_backend(str(tmp_path), device="cpu", dtype="float32", window_s=2)
+    assert backend.supports_window and backend.multilingual
+    state = backend.new_utterance(UtteranceOptions(window_s=2))
+    state.append_audio(np.random.default_rng(0).normal(0, 0.1, 2 * SR).astype(np.float32))
+    hyp = backend.step([state])[0]
+    final = backend.finalize([state])[0]
+    assert isinstance(hyp.text, str) and isinstance(final.text, str)
+    assert hyp.stats["encoder_frames"] > 0

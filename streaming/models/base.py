@@ -74,17 +74,45 @@ def join_text(a: str, b: str) -> str:
     return a or b
 
 
-class UtteranceState(abc.ABC):
-    """Per-utterance backend state (audio so far, caches, stability buffer)."""
+class UtteranceState:
+    """Per-utterance backend state: the audio so far; backends add caches and a stability buffer.
 
-    @abc.abstractmethod
+    Appending is cheap (chunks are kept); :attr:`audio` joins them lazily, once per model call.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._audio = np.zeros(0, dtype=np.float32)
+        self.num_samples = 0
+        self.peak = 0.0
+        """Largest absolute sample so far (a cheap silence check)."""
+
     def append_audio(self, samples: np.ndarray) -> None:
         """Append mono float32 16 kHz samples to the utterance."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if samples.size:
+            self._chunks.append(samples)
+            self.num_samples += samples.size
+            self.peak = max(self.peak, float(np.abs(samples).max()))
 
     @property
-    @abc.abstractmethod
+    def audio(self) -> np.ndarray:
+        """All samples so far."""
+        if self._chunks:
+            self._audio = np.concatenate([self._audio, *self._chunks])
+            self._chunks.clear()
+        return self._audio
+
+    def pad_audio(self, num_samples: int) -> None:
+        """Zero-pad the utterance to at least ``num_samples`` (models with a minimum input length)."""
+        missing = num_samples - self.num_samples
+        if missing > 0:
+            self.append_audio(np.zeros(missing, dtype=np.float32))
+
+    @property
     def duration_s(self) -> float:
         """Audio held so far, in seconds."""
+        return self.num_samples / SAMPLE_RATE_HZ
 
 
 class Backend(abc.ABC):

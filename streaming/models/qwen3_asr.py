@@ -197,14 +197,13 @@ class Qwen3ASRState(UtteranceState):
 
     def __init__(self, options: UtteranceOptions, window_s: int, head_ids: list[int],
                  suffix_ids: list[int], n_mels: int) -> None:
+        super().__init__()
         self.options = options
         self.window_s = window_s
         self.head_ids = head_ids
         """``<|im_start|>system\\n{context}<|im_end|>\\n<|im_start|>user\\n<|audio_start|>``."""
         self.suffix_ids = suffix_ids
         """``<|audio_end|><|im_end|>\\n<|im_start|>assistant\\n`` (+ ``language X<asr_text>`` if forced)."""
-        self._chunks: list[np.ndarray] = []
-        self._audio = np.zeros(0, dtype=np.float32)
         self.raw_frames = torch.zeros(n_mels, 0)
         """log10 mel of every stable frame so far (before the clamp)."""
         self.prefix_max: list[float] = []
@@ -217,23 +216,6 @@ class Qwen3ASRState(UtteranceState):
         self.last_hypothesis: Hypothesis | None = None
         self._frames_at_last_step = -1
         self.rebuilds = 0
-
-    # audio ------------------------------------------------------------------
-    def append_audio(self, samples: np.ndarray) -> None:
-        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-        if samples.size:
-            self._chunks.append(samples)
-
-    @property
-    def audio(self) -> np.ndarray:
-        if self._chunks:
-            self._audio = np.concatenate([self._audio, *self._chunks])
-            self._chunks.clear()
-        return self._audio
-
-    @property
-    def duration_s(self) -> float:
-        return (len(self._audio) + sum(len(c) for c in self._chunks)) / SAMPLE_RATE_HZ
 
     # features -----------------------------------------------------------------
     @property
@@ -264,8 +246,8 @@ def _extend_frames(state: Qwen3ASRState, logmel: LogMel, final: bool) -> None:
     audio = state.audio
     if final and len(audio) < MIN_SAMPLES:
         # The offline extractor zero-pads short clips; rebuild everything from the padded audio.
-        audio = np.pad(audio, (0, MIN_SAMPLES - len(audio)))
-        state._audio = audio
+        state.pad_audio(MIN_SAMPLES)
+        audio = state.audio
         state.raw_frames = state.raw_frames[:, :0]
         state.prefix_max = []
         state.windows = []
@@ -783,7 +765,10 @@ def tiny_tokenizer() -> Any:
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator([_TOKENIZER_CORPUS] * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=ENDOFTEXT)
+    # Named like the real checkpoint's tokenizer, so Qwen3ASRProcessor accepts it too.
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=ENDOFTEXT,
+                                   extra_special_tokens={"audio_token": AUDIO_PAD, "audio_bos_token": AUDIO_START,
+                                                         "audio_eos_token": AUDIO_END})
 
 
 def random_model(arch: str = "tiny", tokenizer: Any = None, seed: int = 0, dtype: torch.dtype = torch.float32,

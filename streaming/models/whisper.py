@@ -82,6 +82,7 @@ class WhisperUtteranceState(UtteranceState):
     """Audio of one open utterance plus its stability buffer and cached encoder output."""
 
     def __init__(self, options: UtteranceOptions, language: str | None, agreement_n: int) -> None:
+        super().__init__()
         self.options = options
         self.language = language
         """Given, detected-and-locked, or ``None`` while still undecided."""
@@ -89,39 +90,8 @@ class WhisperUtteranceState(UtteranceState):
         self.agreement: LocalAgreement[str] = LocalAgreement(n=agreement_n)
         self.stable_tokens: list[int] = []
         """Token ids of the stable words, forced as prefix of every partial decode."""
-        self._chunks: list[np.ndarray] = []
-        self._audio = np.zeros(0, dtype=np.float32)
-        self._samples = 0
-        self._peak = 0.0
         self.encoded: tuple[int, torch.Tensor] | None = None
         """(samples encoded, encoder output [1500, d]) so a finalize right after a step skips the encoder."""
-
-    def append_audio(self, samples: np.ndarray) -> None:
-        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-        if samples.size:
-            self._chunks.append(samples)
-            self._samples += samples.size
-            self._peak = max(self._peak, float(np.abs(samples).max()))
-
-    @property
-    def duration_s(self) -> float:
-        return self._samples / SAMPLE_RATE_HZ
-
-    @property
-    def audio(self) -> np.ndarray:
-        """All samples so far (chunks are joined lazily, once per model call)."""
-        if self._chunks:
-            self._audio = np.concatenate([self._audio, *self._chunks])
-            self._chunks.clear()
-        return self._audio
-
-    @property
-    def num_samples(self) -> int:
-        return self._samples
-
-    @property
-    def peak(self) -> float:
-        return self._peak
 
 
 class LogMel:
