@@ -243,29 +243,29 @@ class Engine:
                 _resolve(future, results[i])
 
 
-def _resolve(future: asyncio.Future, value) -> None:
-    loop = future.get_loop()
-
-    def set_result() -> None:
-        if not future.done():
-            future.set_result(value)
-
-    try:
-        loop.call_soon_threadsafe(set_result)
-    except RuntimeError:  # loop closed: nobody is waiting any more
-        pass
-
-
-def _fail(future: asyncio.Future | None, exc: BaseException) -> None:
+def _settle(future: asyncio.Future | None, value=None, exc: BaseException | None = None) -> None:
+    """Resolve a future from the worker thread, on its own loop (no-op if nobody waits any more)."""
     if future is None:
         return
     loop = future.get_loop()
 
-    def set_exception() -> None:
-        if not future.done():
+    def settle() -> None:
+        if future.done():
+            return
+        if exc is not None:
             future.set_exception(exc)
+        else:
+            future.set_result(value)
 
     try:
-        loop.call_soon_threadsafe(set_exception)
+        loop.call_soon_threadsafe(settle)
     except RuntimeError:  # loop closed: nobody is waiting any more
         pass
+
+
+def _resolve(future: asyncio.Future, value) -> None:
+    _settle(future, value=value)
+
+
+def _fail(future: asyncio.Future | None, exc: BaseException) -> None:
+    _settle(future, exc=exc)

@@ -271,7 +271,7 @@ class _Connection:
             log.warning("session %s: client reads too slowly (%d events queued); closing",
                         self.session.session_id, self.outbox.qsize())
             self.close_reason = "1008 slow_client"
-            self.session.state = "closed"
+            self.session.abandon()
             self.outbox.put_nowait(Close(1008, "slow_client"))
             return
         self.outbox.put_nowait(encode_event(event, self.session.wire))

@@ -156,6 +156,10 @@ class Session:
         self._fatal = error
         return self._begin_drain()
 
+    def abandon(self) -> None:
+        """The shell gave up on the client (it stopped reading its events): nothing more is produced."""
+        self.state = "closed"
+
     def partial_ready(self, utterance_id: int, hypothesis: Hypothesis | None) -> list[Action]:
         """The engine finished (or dropped, with None) a partial request."""
         utt = self._utterances.get(utterance_id)

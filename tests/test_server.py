@@ -165,3 +165,12 @@ async def test_drain_finishes_open_sessions(speech):
         assert "final" in types and events[-1]["code"] == "shutting_down"
         assert types.index("final") < len(types) - 1
         assert ws.close_code == 1001
+
+
+async def test_client_that_does_not_read_is_closed_as_slow():
+    # With no room at all in the send queue, the very first event finds the client "behind".
+    with running_server(CountingBackend(), send_queue_events=0) as url:
+        async with websockets.connect(url) as ws:
+            await ws.send(json.dumps({"type": "start"}))
+            await collect_until_close(ws, timeout=5)
+        assert ws.close_code == 1008 and ws.close_reason == "slow_client"

@@ -78,6 +78,11 @@ class _Decoded:
     avg_logprob: float
 
 
+def _no_work() -> dict[str, Any]:
+    """Stats of a row answered without running the model (silence)."""
+    return {"encoder_ms": 0.0, "decode_ms": 0.0, "tokens": 0}
+
+
 class WhisperUtteranceState(UtteranceState):
     """Audio of one open utterance plus its stability buffer and cached encoder output."""
 
@@ -272,15 +277,15 @@ class WhisperBackend(Backend):
         language = options.language if self.multilingual else "en"
         return WhisperUtteranceState(options, language, self.decoding.agreement_n)
 
+    def _audible(self, states: list[WhisperUtteranceState]) -> list[int]:
+        """Indices of the states with audio above the silence peak; the others skip the model."""
+        return [i for i, st in enumerate(states) if st.num_samples and st.peak >= self.decoding.silence_peak]
+
     def step(self, states: list[WhisperUtteranceState]) -> list[Hypothesis]:  # type: ignore[override]
-        results: list[Hypothesis | None] = [None] * len(states)
-        active = []
-        for i, st in enumerate(states):
-            if st.num_samples == 0 or st.peak < self.decoding.silence_peak:
-                stable = self._decode_text(st.stable_tokens)
-                results[i] = Hypothesis(stable, "", st.language, {"encoder_ms": 0.0, "decode_ms": 0.0, "tokens": 0})
-            else:
-                active.append(i)
+        active = self._audible(states)
+        results: list[Hypothesis | None] = [
+            None if i in active else Hypothesis(self._decode_text(st.stable_tokens), "", st.language, _no_work())
+            for i, st in enumerate(states)]
         if active:
             rows = [states[i] for i in active]
             with torch.inference_mode():
@@ -298,13 +303,9 @@ class WhisperBackend(Backend):
         return results  # type: ignore[return-value]
 
     def finalize(self, states: list[WhisperUtteranceState]) -> list[FinalResult]:  # type: ignore[override]
-        results: list[FinalResult | None] = [None] * len(states)
-        active = []
-        for i, st in enumerate(states):
-            if st.num_samples == 0 or st.peak < self.decoding.silence_peak:
-                results[i] = FinalResult("", st.language, {"encoder_ms": 0.0, "decode_ms": 0.0, "tokens": 0})
-            else:
-                active.append(i)
+        active = self._audible(states)
+        results: list[FinalResult | None] = [
+            None if i in active else FinalResult("", st.language, _no_work()) for i, st in enumerate(states)]
         if active:
             rows = [states[i] for i in active]
             with torch.inference_mode():
