@@ -58,3 +58,11 @@ def test_serve_starts_says_where_and_stops_cleanly():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_unknown_model_is_a_clear_error():
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "streaming", "serve", "--model", "nosuch/model", "--port", "0"],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert "cannot load model 'nosuch/model'" in proc.stderr and "tiny.en" in proc.stderr

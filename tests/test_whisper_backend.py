@@ -258,6 +258,13 @@ def test_from_pretrained_loads_a_local_checkpoint(tiny, tiny_assets, tmp_path):
     assert loaded.name == f"whisper-{tmp_path.name}" and not loaded.multilingual
     audio = _noise(1.0, seed=9)
     assert loaded.finalize([_state(loaded, audio)])[0].text == tiny.finalize([_state(tiny, audio)])[0].text
+    # The server's `--model FOLDER` path detects the model type from config.json.
+    from streaming.models import load_backend, model_type
+
+    assert model_type(str(tmp_path)) == "whisper"
+    via_cli = load_backend(str(tmp_path), device="cpu", dtype="float32")
+    assert isinstance(via_cli, WhisperBackend)
+    assert via_cli.finalize([_state(via_cli, audio)])[0].text == tiny.finalize([_state(tiny, audio)])[0].text
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
