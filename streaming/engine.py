@@ -89,8 +89,8 @@ class Engine:
             self._slots.clear()
             self._cond.notify_all()
         for slot in slots:
-            _fail(slot.partial, EngineClosed("engine stopped"))
-            _fail(slot.final, EngineClosed("engine stopped"))
+            _settle(slot.partial, exc=EngineClosed("engine stopped"))
+            _settle(slot.final, exc=EngineClosed("engine stopped"))
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
@@ -129,8 +129,8 @@ class Engine:
         with self._cond:
             slot = self._slots.pop(key, None)
         if slot is not None:
-            _fail(slot.partial, EngineClosed("discarded"))
-            _fail(slot.final, EngineClosed("discarded"))
+            _settle(slot.partial, exc=EngineClosed("discarded"))
+            _settle(slot.final, exc=EngineClosed("discarded"))
 
     def _request(self, key: Hashable, kind: str) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
@@ -238,9 +238,9 @@ class Engine:
             self._cond.notify()
         for i, (_, _, future) in enumerate(batch):
             if exc is not None:
-                _fail(future, exc)
+                _settle(future, exc=exc)
             else:
-                _resolve(future, results[i])
+                _settle(future, value=results[i])
 
 
 def _settle(future: asyncio.Future | None, value=None, exc: BaseException | None = None) -> None:
@@ -261,11 +261,3 @@ def _settle(future: asyncio.Future | None, value=None, exc: BaseException | None
         loop.call_soon_threadsafe(settle)
     except RuntimeError:  # loop closed: nobody is waiting any more
         pass
-
-
-def _resolve(future: asyncio.Future, value) -> None:
-    _settle(future, value=value)
-
-
-def _fail(future: asyncio.Future | None, exc: BaseException) -> None:
-    _settle(future, exc=exc)

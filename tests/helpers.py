@@ -40,7 +40,7 @@ def make_config(config: Config | None = None, **overrides) -> Config:
 @contextlib.contextmanager
 def running_server(backend: Backend | None = None, config: Config | None = None, **overrides) -> Iterator[str]:
     """Run a server on 127.0.0.1:<free port> (default: embedded tiny.en); yield its ws URL; always stop it."""
-    with BackgroundServer(backend or embedded_backend(), make_config(config, **overrides)) as handle:
+    with background_server(backend, config, **overrides) as handle:
         yield handle.url
 
 

@@ -5,6 +5,7 @@ A tiny model with random weights runs the same code path as the real checkpoints
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -73,19 +74,31 @@ def stream(backend, state, audio, chunk_sizes, on_step=None):
 
 def hf_audio_embeds(model, feats: torch.Tensor, window_s: int) -> torch.Tensor:
     """The transformers encoder on the whole feature matrix (the offline reference)."""
+    x, mask = hf_inputs(feats)
+    with hf_window(model, window_s), torch.no_grad():
+        return model.get_audio_features(x, mask, return_dict=True).pooler_output
+
+
+@contextlib.contextmanager
+def hf_window(model, window_s: int):
+    """Run the transformers model with an attention window of ``window_s`` seconds."""
     tower = model.model.audio_tower
     saved = tower.n_window_infer
     tower.n_window_infer = window_s * FRAMES_PER_CHUNK
     try:
-        n = feats.shape[1]
-        pad = -n % FRAMES_PER_CHUNK
-        x = torch.nn.functional.pad(feats, (0, pad))[None]
-        mask = torch.zeros(1, n + pad, dtype=torch.long)
-        mask[0, :n] = 1
-        with torch.no_grad():
-            return model.get_audio_features(x, mask, return_dict=True).pooler_output
+        yield
     finally:
         tower.n_window_infer = saved
+
+
+def hf_inputs(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features padded to whole 1 s chunks, batched, with their mask (as the processor makes them)."""
+    n = feats.shape[1]
+    pad = -n % FRAMES_PER_CHUNK
+    x = torch.nn.functional.pad(feats, (0, pad))[None]
+    mask = torch.zeros(1, n + pad, dtype=torch.long)
+    mask[0, :n] = 1
+    return x, mask
 
 
 def full_ids(backend, state, n_audio: int, text: list[int]) -> list[int]:
@@ -97,21 +110,11 @@ def hf_logits(backend, state, text: list[int]) -> torch.Tensor:
     """A fresh full prefill through the transformers model on the same features."""
     feats = state.features()
     model = backend.model
-    tower = model.model.audio_tower
-    saved = tower.n_window_infer
-    tower.n_window_infer = state.window_s * FRAMES_PER_CHUNK
-    try:
-        n = feats.shape[1]
-        pad = -n % FRAMES_PER_CHUNK
-        x = torch.nn.functional.pad(feats, (0, pad))[None]
-        mask = torch.zeros(1, n + pad, dtype=torch.long)
-        mask[0, :n] = 1
-        n_audio = sum(w.embeds.shape[0] for w in state.windows) + _open_tokens(state)
-        ids = torch.tensor([full_ids(backend, state, n_audio, text)])
-        with torch.no_grad():
-            return model(input_ids=ids, input_features=x, input_features_mask=mask).logits[0, -1]
-    finally:
-        tower.n_window_infer = saved
+    x, mask = hf_inputs(feats)
+    n_audio = sum(w.embeds.shape[0] for w in state.windows) + _open_tokens(state)
+    ids = torch.tensor([full_ids(backend, state, n_audio, text)])
+    with hf_window(model, state.window_s), torch.no_grad():
+        return model(input_ids=ids, input_features=x, input_features_mask=mask).logits[0, -1]
 
 
 def _open_tokens(state) -> int:
@@ -253,21 +256,13 @@ def test_stream_finalized_equals_generate(tiny, speech):
 
     model = backend.model
     feats = state.features()
-    tower = model.model.audio_tower
-    saved, tower.n_window_infer = tower.n_window_infer, 4 * FRAMES_PER_CHUNK
-    try:
-        n = feats.shape[1]
-        pad = -n % FRAMES_PER_CHUNK
-        x = torch.nn.functional.pad(feats, (0, pad))[None]
-        mask = torch.zeros(1, n + pad, dtype=torch.long)
-        mask[0, :n] = 1
-        n_audio = sum(w.embeds.shape[0] for w in state.windows)
-        ids = torch.tensor([full_ids(backend, state, n_audio, [])])
-        budget = backend.max_new_tokens(state.duration_s)
+    x, mask = hf_inputs(feats)
+    n_audio = sum(w.embeds.shape[0] for w in state.windows)
+    ids = torch.tensor([full_ids(backend, state, n_audio, [])])
+    budget = backend.max_new_tokens(state.duration_s)
+    with hf_window(model, 4):
         out = model.generate(input_ids=ids, input_features=x, input_features_mask=mask, do_sample=False,
                              max_new_tokens=budget, min_new_tokens=0)
-    finally:
-        tower.n_window_infer = saved
     ref = out[0, ids.shape[1]:].tolist()
     while ref and ref[-1] in backend.eos_ids:
         ref.pop()

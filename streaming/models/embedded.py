@@ -458,6 +458,12 @@ def ct2_whisper_state_dict(ct2: Ct2Model) -> dict[str, torch.Tensor]:
         linear(f"{hf}.fc2", f"{ct}/ffn/linear_1")
         layer_norm(f"{hf}.final_layer_norm", f"{ct}/ffn/layer_norm")
 
+    def self_attention(hf: str, ct: str) -> None:
+        """Self-attention (fused q/k/v in CT2) and its layer norm; the same in encoder and decoder layers."""
+        qkv(f"{hf}.self_attn", *split_rows(f"{ct}/self_attention/linear_0", 3))
+        linear(f"{hf}.self_attn.out_proj", f"{ct}/self_attention/linear_1")
+        layer_norm(f"{hf}.self_attn_layer_norm", f"{ct}/self_attention/layer_norm")
+
     enc = "model.encoder"
     linear(f"{enc}.conv1", "encoder/conv1")
     linear(f"{enc}.conv2", "encoder/conv2")
@@ -465,9 +471,7 @@ def ct2_whisper_state_dict(ct2: Ct2Model) -> dict[str, torch.Tensor]:
     layer_norm(f"{enc}.layer_norm", "encoder/layer_norm")
     for i in range(dims.encoder_layers):
         hf, ct = f"{enc}.layers.{i}", f"encoder/layer_{i}"
-        qkv(f"{hf}.self_attn", *split_rows(f"{ct}/self_attention/linear_0", 3))
-        linear(f"{hf}.self_attn.out_proj", f"{ct}/self_attention/linear_1")
-        layer_norm(f"{hf}.self_attn_layer_norm", f"{ct}/self_attention/layer_norm")
+        self_attention(hf, ct)
         ffn(hf, ct)
 
     dec = "model.decoder"
@@ -476,9 +480,7 @@ def ct2_whisper_state_dict(ct2: Ct2Model) -> dict[str, torch.Tensor]:
     layer_norm(f"{dec}.layer_norm", "decoder/layer_norm")
     for i in range(dims.decoder_layers):
         hf, ct = f"{dec}.layers.{i}", f"decoder/layer_{i}"
-        qkv(f"{hf}.self_attn", *split_rows(f"{ct}/self_attention/linear_0", 3))
-        linear(f"{hf}.self_attn.out_proj", f"{ct}/self_attention/linear_1")
-        layer_norm(f"{hf}.self_attn_layer_norm", f"{ct}/self_attention/layer_norm")
+        self_attention(hf, ct)
         (q_w,), (q_b,) = split_rows(f"{ct}/attention/linear_0", 1)
         (k_w, v_w), (k_b, v_b) = split_rows(f"{ct}/attention/linear_1", 2)
         qkv(f"{hf}.encoder_attn", [q_w, k_w, v_w], [q_b, k_b, v_b])
