@@ -67,6 +67,37 @@ class ServerOptions:
     """TLS private key (PEM) for ``certfile``."""
     drain_timeout_s: float = 10.0
     """On shutdown, how long open sessions get to finish their pending finals."""
+    max_pending_connections: int = 16
+    """Connections that have not sent ``start`` yet, counted apart from sessions; more are refused."""
+    start_timeout_s: float = 10.0
+    """A connection that sends no ``start`` within this long is closed (``idle_timeout``)."""
+    max_session_s: float = 14_400.0
+    """Longest session (wall clock); then it gets ``session_too_long`` after its pending finals."""
+    ping_interval_s: float = 20.0
+    """WebSocket ping interval; a peer that does not answer within ``ping_timeout_s`` is dropped."""
+    ping_timeout_s: float = 20.0
+    """How long a WebSocket ping may go unanswered before the connection is dropped."""
+    close_timeout_s: float = 5.0
+    """How long a decided close may wait for the client before the transport is aborted."""
+    max_audio_ahead_s: float = 8.0
+    """Audio of one session fed to the engine but not yet decoded; above it the server stops
+    reading that client's socket (TCP backpressure) until the engine catches up."""
+    max_pending_finals: int = 2
+    """Finals one session may have waiting for the engine before its socket is no longer read."""
+    api_keys: list[str] = field(default_factory=list)
+    """Accepted API keys (``Authorization: Bearer``, subprotocol or ``?token=``); empty = no auth."""
+    api_keys_file: str = ""
+    """File of API keys, one per line (``KEY [max_sessions]``; ``#`` comments); adds to ``api_keys``."""
+    max_sessions_per_key: int = 0
+    """Concurrent sessions one API key may hold (0 = only ``max_sessions``)."""
+    allowed_origins: list[str] = field(default_factory=list)
+    """Browser origins allowed to open sessions (``*`` = any); empty = same origin and localhost."""
+    allow_unauthenticated: bool = False
+    """Serve a non-loopback address with no API keys (otherwise the server refuses to start)."""
+    info_public: bool = False
+    """Whether ``/v1/info`` shows load figures (sessions, engine) without an API key."""
+    log_format: str = "text"
+    """``text`` or ``json`` (one JSON object per log line)."""
 
 
 @dataclass
