@@ -110,3 +110,61 @@ async def test_backend_errors_reach_the_waiters(engine_factory):
     engine.open("b", UtteranceOptions())
     engine.feed("b", SECOND)
     assert (await engine.request_partial("b")).text == "w0 w1"
+
+
+async def test_one_poisoned_utterance_fails_alone_in_its_batch(engine_factory):
+    """A batch that raises is retried item by item: only the marked utterance fails."""
+    engine, backend = engine_factory(max_batch=8, delay_s=0.0)
+    real_finalize = backend.finalize
+
+    def finalize(states):
+        if any(st.options.context == "poison" for st in states):
+            raise RuntimeError("poisoned input")
+        return real_finalize(states)
+
+    backend.finalize = finalize
+    keys = [f"s{i}" for i in range(5)]
+    for key in keys:
+        engine.open(key, UtteranceOptions(context="poison" if key == "s2" else None), group=key)
+        engine.feed(key, SECOND)
+    futures = [engine.request_final(key) for key in keys]
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert isinstance(outcomes[2], RuntimeError)
+    assert [o.text for i, o in enumerate(outcomes) if i != 2] == ["w0 w1"] * 4
+    assert engine.stats.errors == 1
+    assert engine.utterances == 0
+
+
+async def test_round_robin_between_sessions_not_oldest_first(engine_factory):
+    """A session with many finals queued gets one turn per batch, like every other session."""
+    engine, backend = engine_factory(max_batch=1, delay_s=0.05)
+    flood = [("flood", i) for i in range(6)]
+    for key in flood:
+        engine.open(key, UtteranceOptions(), group="flood")
+        engine.feed(key, SECOND)
+    flood_futures = [engine.request_final(key) for key in flood]
+    await asyncio.sleep(0.01)  # the first flood final is running now
+    engine.open(("calm", 0), UtteranceOptions(), group="calm")
+    engine.feed(("calm", 0), SECOND)
+    calm = engine.request_final(("calm", 0))
+    order = []
+    for name, fut in [("calm", calm)] + [(f"flood{i}", f) for i, f in enumerate(flood_futures)]:
+        fut.add_done_callback(lambda _f, n=name: order.append(n))
+    await asyncio.gather(calm, *flood_futures)
+    # At most the running flood batch and one more go before the calm session's final.
+    assert order.index("calm") <= 2, order
+
+
+async def test_backlog_counts_a_sessions_waiting_work(engine_factory):
+    engine, backend = engine_factory(delay_s=0.2)
+    engine.open(("a", 0), UtteranceOptions(), group="a")
+    engine.feed(("a", 0), SECOND)
+    assert engine.backlog("a").finals == 0 and engine.backlog("a").audio_s == 0.0  # no request: just buffered
+    partial = engine.request_partial(("a", 0))
+    engine.open(("a", 1), UtteranceOptions(), group="a")
+    engine.feed(("a", 1), SECOND)
+    final = engine.request_final(("a", 1))
+    assert engine.backlog("a").finals == 1
+    assert engine.backlog("b").finals == 0
+    await asyncio.gather(partial, final)
+    assert engine.backlog("a") == engine.backlog("b")
