@@ -58,7 +58,12 @@ class ServerOptions:
     idle_timeout_s: float = 60.0
     """A session that sends nothing for this long is closed (vanished clients)."""
     send_queue_events: int = 1000
-    """Events buffered for a slow reader before its session is closed."""
+    """Events buffered for a slow reader before its session is closed (unsent partials are replaced
+    by newer ones, so only finals and other events count)."""
+    send_queue_bytes: int = 4 << 20
+    """Bytes of events buffered for a slow reader before its session is closed."""
+    send_timeout_s: float = 20.0
+    """A client that takes no data for this long while events wait is closed (``slow_client``)."""
     web_dir: str = ""
     """Folder of the browser demo; empty = the ``web/`` folder of the repository."""
     certfile: str = ""
