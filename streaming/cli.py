@@ -9,13 +9,21 @@ import sys
 import time
 
 from .config import Config, ConfigError, load_config, set_field
+from .logs import setup_logging
 
 SERVE_EPILOG = """\
 examples:
   python -m streaming serve                              # embedded Whisper tiny.en on 127.0.0.1:8765
   python -m streaming serve --model base --language fr   # embedded multilingual Whisper base
   python -m streaming serve --config configs/qwen3-asr-0.6b.toml --device cuda
-  python -m streaming serve --host 0.0.0.0 --certfile cert.pem --keyfile key.pem   # wss:// + https://
+  python -m streaming serve --host 0.0.0.0 --certfile cert.pem --keyfile key.pem --api-keys-file keys.txt
+                                                         # wss:// + https://, API keys required
+  python -m streaming serve --api-key "$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+
+security: with API keys set, a session needs one (Authorization: Bearer KEY, the
+WebSocket subprotocol "authorization.bearer.KEY" beside "streaming-asr", or ?token=KEY);
+/metrics and the load figures of /v1/info need one too (unless --info-public).
+Serving a non-loopback --host without keys needs --allow-unauthenticated.
 
 Any option of a config section can also be set with --set SECTION.KEY=VALUE
 (e.g. --set vad.endpoint_silence_ms=800); see configs/default.toml for all of them.
@@ -38,6 +46,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="set any config option (repeatable)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="text (default) or json: one JSON object per line with every event field")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-sessions", type=int, metavar="N", help="concurrent sessions before refusing")
     serve.add_argument("--certfile", metavar="PEM", help="TLS certificate: serve wss:// and https://")
     serve.add_argument("--keyfile", metavar="PEM", help="TLS private key for --certfile")
+    sec = serve.add_argument_group("security")
+    sec.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
+                     help="require this API key (repeatable); URL-safe characters (letters, digits, -._~)")
+    sec.add_argument("--api-keys-file", metavar="FILE",
+                     help="file of API keys, one 'KEY [max_sessions]' per line, # comments")
+    sec.add_argument("--max-sessions-per-key", type=int, metavar="N",
+                     help="concurrent sessions one key may hold (0 = no per-key limit; the file may set its own)")
+    sec.add_argument("--allowed-origin", action="append", dest="allowed_origins", metavar="ORIGIN",
+                     help="browser origin allowed to connect, e.g. https://app.example.com (repeatable; "
+                          "'*' = any; default: the server's own origin and localhost)")
+    sec.add_argument("--allow-unauthenticated", action="store_true", default=None,
+                     help="serve a non-loopback --host without API keys (otherwise refused)")
+    sec.add_argument("--info-public", action="store_true", default=None,
+                     help="show load figures in /v1/info and /metrics without an API key")
     _add_model_args(serve)
 
     from .bench import add_bench_arguments
@@ -74,6 +98,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("server", "max_sessions"): getattr(args, "max_sessions", None),
         ("server", "certfile"): getattr(args, "certfile", None),
         ("server", "keyfile"): getattr(args, "keyfile", None),
+        ("server", "api_keys"): getattr(args, "api_keys", None),
+        ("server", "api_keys_file"): getattr(args, "api_keys_file", None),
+        ("server", "max_sessions_per_key"): getattr(args, "max_sessions_per_key", None),
+        ("server", "allowed_origins"): getattr(args, "allowed_origins", None),
+        ("server", "allow_unauthenticated"): getattr(args, "allow_unauthenticated", None),
+        ("server", "info_public"): getattr(args, "info_public", None),
+        ("server", "log_format"): getattr(args, "log_format", None),
         ("model", "name"): args.model, ("model", "device"): args.device, ("model", "dtype"): args.dtype,
         ("model", "threads"): args.threads, ("engine", "max_batch"): args.max_batch,
         ("session", "language"): args.language, ("session", "window_s"): args.window_s,
@@ -113,11 +144,10 @@ def load_configured_backend(config: Config):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         config = config_from_args(args)
-    except ConfigError as exc:
+        setup_logging(args.log_level, config.server.log_format)
+    except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
@@ -128,9 +158,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(config: Config) -> int:
+    from .auth import check_exposure, load_keys
     from .models import ModelLoadError
     from .server import run_server
 
+    opts = config.server
+    try:  # before the model loads: a refused configuration should fail at once
+        keys = load_keys(opts.api_keys, opts.api_keys_file, opts.max_sessions_per_key)
+        check_exposure(opts.host, keys, opts.allow_unauthenticated)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         backend = load_configured_backend(config)
     except ModelLoadError as exc:
@@ -141,11 +179,16 @@ def _serve(config: Config) -> int:
     async def main_async() -> None:
         ready = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(run_server(backend, config, ready=ready))
-        server = await ready
+        await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            task.result()  # start-up failed: raise its error
+        server = ready.result()
         http = "https" if config.server.certfile else "http"
         base = f"{http}://{config.server.host}:{server.port}"
         log.info("streaming at %s", server.url)
         log.info("browser demo at %s/  (caption overlay at %s/overlay, model info at %s/v1/info)", base, base, base)
+        if keys:
+            log.info("API keys required: open the demo as %s/?token=YOUR_KEY; metrics at %s/metrics", base, base)
         if not config.server.certfile and config.server.host not in ("127.0.0.1", "localhost", "::1"):
             log.info("note: browsers open the microphone only on localhost or https; use --certfile/--keyfile "
                      "for other machines")
@@ -155,6 +198,9 @@ def _serve(config: Config) -> int:
         _run(main_async())
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: cannot listen on {config.server.host}:{config.server.port}: {exc}", file=sys.stderr)
         return 1

@@ -22,13 +22,16 @@ from typing import Any
 
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from . import auth, http
 from .config import Config, session_field_info
 from .engine import Engine, EngineClosed
 from .evaluation import REPO_ROOT
+from .handshake import HttpServerConnection, to_response
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import ServerMetrics
 from .models.base import Backend, FinalResult
 from .protocol import PROTOCOL_VERSION, ProtocolError, encode_event
 from .session import (Action, Close, FeedAudio, ModelInfo, OpenUtterance, RequestFinal, RequestPartial, Send,
@@ -54,18 +57,29 @@ class StreamingServer:
         self.started_at = time.time()
         self.sessions_total = 0
         self._server = None
+        opts = config.server
+        self.keyring = auth.KeyRing(auth.load_keys(opts.api_keys, opts.api_keys_file, opts.max_sessions_per_key))
+        self.metrics = ServerMetrics(lambda: self.engine.pending, lambda: self.engine.stats.busy_s,
+                                     model=backend.name)
+        self.engine.on_batch = self.metrics.batch
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         opts = self.config.server
-        self.engine.start()
+        auth.check_exposure(opts.host, self.keyring.keys, opts.allow_unauthenticated)
+        if self.keyring.enabled:
+            log.info("API keys required (%d key(s): %s)", len(self.keyring.keys),
+                     ", ".join(k.id for k in self.keyring.keys))
         ssl_context = None
         if opts.certfile:
             ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_context.load_cert_chain(opts.certfile, opts.keyfile or None)
+        self.engine.start()
         self._server = await serve(
             self._handle, opts.host, opts.port, process_request=self._process_request,
+            create_connection=HttpServerConnection,
+            select_subprotocol=lambda _conn, offered: auth.select_subprotocol(offered),
             # The protocol's own limit sends an error event first; this is the hard stop.
             max_size=max(opts.max_message_bytes * 4, 1 << 16), ssl=ssl_context,
             ping_interval=20, ping_timeout=20, max_queue=64)
@@ -99,9 +113,10 @@ class StreamingServer:
 
     # ---- HTTP ----------------------------------------------------------------------------------
 
-    def info(self) -> dict[str, Any]:
+    def info(self, include_load: bool = True) -> dict[str, Any]:
+        """Model facts for anyone; load figures (sessions, engine) only when ``include_load``."""
         cfg = self.config
-        return {
+        facts: dict[str, Any] = {
             "model": self.backend.name, "protocol": PROTOCOL_VERSION, "multilingual": self.backend.multilingual,
             "supports_window": self.backend.supports_window, "max_utterance_s": self.backend.max_utterance_s,
             "defaults": {"language": cfg.session.language, "step_s": cfg.session.step_s,
@@ -109,36 +124,91 @@ class StreamingServer:
             "start_fields": session_field_info(),
             "limits": {"max_sessions": cfg.server.max_sessions, "max_message_bytes": cfg.server.max_message_bytes,
                        "idle_timeout_s": cfg.server.idle_timeout_s},
-            "sessions": len(self.sessions), "sessions_total": self.sessions_total,
-            "engine": {"pending": self.engine.pending, "batches": self.engine.stats.batches,
-                       "busy_s": round(self.engine.stats.busy_s, 2)},
-            "uptime_s": round(time.time() - self.started_at, 1), "draining": self.draining,
+            "auth": {"required": self.keyring.enabled, "subprotocol": auth.SUBPROTOCOL,
+                     "subprotocol_prefix": auth.BEARER_PREFIXES[0]},
         }
+        if include_load:
+            facts.update({
+                "sessions": len(self.sessions), "sessions_total": self.sessions_total,
+                "engine": {"pending": self.engine.pending, "batches": self.engine.stats.batches,
+                           "busy_s": round(self.engine.stats.busy_s, 2)},
+                "uptime_s": round(time.time() - self.started_at, 1), "draining": self.draining,
+            })
+        return facts
+
+    @property
+    def ready(self) -> bool:
+        """Whether a new session would be accepted now (``/readyz``)."""
+        return not self.draining and len(self.sessions) < self.config.server.max_sessions
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
-        if path == STREAM_PATH:
-            if request.headers.get("Upgrade", "").lower() != "websocket":
-                return _response(426, "text/plain", b"use a WebSocket client for /v1/stream\n")
+        """Answer plain HTTP, or vet a WebSocket handshake (origin, key, per-key limit): None = accept."""
+        decision = http.route(request.method, request.path, request.headers)
+        if isinstance(decision, http.Reply):
+            return to_response(decision)
+        opts = self.config.server
+        headers = request.headers
+        if not auth.origin_allowed(headers.get("Origin"), headers.get("Host"), opts.allowed_origins,
+                                   tls=bool(opts.certfile)):
+            return self._refuse(decision, auth.Refusal(403, "forbidden_origin", "origin not allowed"))
+        token, source = auth.extract_token(headers, decision.query)
+        key = self.keyring.match(token)
+        authorized = key is not None or not self.keyring.enabled
+        endpoint = decision.endpoint
+        if endpoint == "stream":
+            held = self._sessions_of(key.id) if key is not None else 0
+            refusal = auth.authorize_session(self.keyring, key, token is not None, held)
+            if refusal is not None:
+                return self._refuse(decision, refusal, source)
+            connection.principal = key.id if key is not None else None
             return None
-        if path == "/healthz":
-            if self.draining:
-                return _response(503, "text/plain", b"draining\n")
-            return _response(200, "text/plain", b"ok\n")
-        if path == "/v1/info":
-            return _response(200, "application/json", json.dumps(self.info()).encode())
-        return self._static(path)
+        if endpoint == "healthz":
+            return self._reply(decision, http.text_reply(200, "ok"))
+        if endpoint == "readyz":
+            ready = self.ready
+            return self._reply(decision, http.text_reply(200 if ready else 503, "ready" if ready else
+                                                         "draining" if self.draining else "full"))
+        if endpoint == "info":
+            body = json.dumps(self.info(include_load=authorized or opts.info_public)).encode()
+            return self._reply(decision, http.Reply(200, body, "application/json"))
+        if endpoint == "metrics":
+            if not (authorized or opts.info_public):
+                return self._refuse(decision, auth.unauthorized(token is not None), source)
+            return self._reply(decision, http.Reply(200, self.metrics.render(), METRICS_CONTENT_TYPE))
+        return self._static(decision)
 
-    def _static(self, path: str) -> Response:
-        name = "index.html" if path in ("/", "/overlay", "/index.html") else path.lstrip("/")
+    def _sessions_of(self, principal: str) -> int:
+        """Connections (started sessions and those waiting to start) that hold this key."""
+        conns = [*self.sessions.values(), *getattr(self, "pending", {}).values()]
+        return sum(1 for c in conns if getattr(c, "principal", None) == principal)
+
+    def _refuse(self, route: http.Route, refusal: auth.Refusal, source: str = "none") -> Response:
+        if route.endpoint == "stream":
+            self.metrics.session_refused(refusal.reason)
+        log.warning("refused %s: %s (%d; key from %s)", route.endpoint, refusal.reason, refusal.status, source)
+        extra = (("WWW-Authenticate", 'Bearer realm="streaming-asr"'),) if refusal.status == 401 else ()
+        return self._reply(route, http.text_reply(refusal.status, refusal.message, headers=extra))
+
+    @staticmethod
+    def _reply(route: http.Route, reply: http.Reply) -> Response:
+        return to_response(reply, head=route.head)
+
+    def _static(self, route: http.Route) -> Response:
+        """A file of the web folder; ``route.name`` is already a plain relative name (see ``http.route``)."""
         root = self.web_dir.resolve()
-        target = (root / name).resolve()
-        if not target.is_relative_to(root) or not target.is_file():
-            return _response(404, "text/plain", f"not found: {path}\n".encode())
+        try:
+            target = (root / route.name).resolve()
+            found = target.is_relative_to(root) and target.is_file()
+            body = target.read_bytes() if found else b""
+        except (OSError, ValueError):  # a name the file system refuses is simply not there
+            found = False
+        if not found:
+            return self._reply(route, http.text_reply(404, "not found"))
         kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if target.suffix in (".js", ".mjs"):
             kind = "text/javascript"
-        return _response(200, kind + ("; charset=utf-8" if kind.startswith("text/") else ""), target.read_bytes())
+        kind += "; charset=utf-8" if kind.startswith("text/") else ""
+        return self._reply(route, http.Reply(200, body, kind))
 
     # ---- WebSocket sessions -------------------------------------------------------------------
 
@@ -291,10 +361,7 @@ class _Connection:
 
 
 def _response(status: int, content_type: str, body: bytes) -> Response:
-    reasons = {200: "OK", 404: "Not Found", 426: "Upgrade Required", 503: "Service Unavailable"}
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
-                       ("Cache-Control", "no-cache")])
-    return Response(status, reasons.get(status, "OK"), headers, body)
+    return to_response(http.Reply(status, body, content_type))
 
 
 async def run_server(backend: Backend, config: Config, ready: asyncio.Future | None = None,

@@ -2,14 +2,20 @@
 // reconnect schedule, the replay buffer and URLs. No DOM, no sockets, so the
 // same logic as the Python clients (client/common.py, client/subtitles.py).
 
+/** `?token=KEY` of the page's own URL, passed on to the server (servers started with API keys). */
+function tokenQuery(loc) {
+  const token = new URLSearchParams(loc.search || "").get("token");
+  return token ? `?token=${encodeURIComponent(token)}` : "";
+}
+
 /** Where the WebSocket and /v1/info live, relative to the page (wss:// on https pages). */
 export function streamUrl(loc) {
   const scheme = loc.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${loc.host}/v1/stream`;
+  return `${scheme}//${loc.host}/v1/stream${tokenQuery(loc)}`;
 }
 
 export function infoUrl(loc) {
-  return `${loc.protocol}//${loc.host}/v1/info`;
+  return `${loc.protocol}//${loc.host}/v1/info${tokenQuery(loc)}`;
 }
 
 /** Exponential reconnect delay in seconds for the n-th failed attempt (0-based), ±10 % jitter. */
