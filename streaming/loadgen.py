@@ -101,6 +101,8 @@ async def stream_audio(url: str, audio: np.ndarray, sample_rate: int = 16_000, *
                         result.first_partial_latency_s.append(now - wall_of(speech_s))
                     elif event["type"] == "final" and event["text"]:
                         result.final_latency_s.append(now - wall_of(event["end_s"]))
+        except websockets.ConnectionClosedError:
+            pass  # closed with an error code (after its error event): the result records it
         finally:
             sender.cancel()
         result.close_code = ws.close_code

@@ -18,11 +18,13 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 from websockets.http11 import Request, Response
 
 from . import auth, http
@@ -33,11 +35,14 @@ from .handshake import HttpServerConnection, to_response
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServerMetrics
 from .models.base import Backend, FinalResult
+from .outbox import Outbox, Outgoing
 from .protocol import PROTOCOL_VERSION, ProtocolError, encode_event
 from .session import (Action, Close, FeedAudio, ModelInfo, OpenUtterance, RequestFinal, RequestPartial, Send,
                       Session)
 
 log = logging.getLogger("streaming.server")
+_OFFLOAD_FRAME_BYTES = 32 * 1024
+"""Frames from this size (1 s of 16 kHz s16 audio) are handled off the event loop."""
 STREAM_PATH = "/v1/stream"
 
 
@@ -53,6 +58,10 @@ class StreamingServer:
                                     backend.validate_options)
         self.web_dir = Path(config.server.web_dir) if config.server.web_dir else REPO_ROOT / "web"
         self.sessions: dict[str, _Connection] = {}
+        """Started sessions (admitted at their ``start``)."""
+        self.pending: dict[str, _Connection] = {}
+        """Connections that have not sent ``start`` yet, oldest first."""
+        self.loop_lag = LoopLagMonitor()
         self.draining = False
         self.started_at = time.time()
         self.sessions_total = 0
@@ -82,7 +91,10 @@ class StreamingServer:
             select_subprotocol=lambda _conn, offered: auth.select_subprotocol(offered),
             # The protocol's own limit sends an error event first; this is the hard stop.
             max_size=max(opts.max_message_bytes * 4, 1 << 16), ssl=ssl_context,
-            ping_interval=20, ping_timeout=20, max_queue=64)
+            # A small receive queue: frames waiting in it are memory too (backpressure stops reading).
+            ping_interval=opts.ping_interval_s, ping_timeout=opts.ping_timeout_s, max_queue=8,
+            close_timeout=opts.close_timeout_s)
+        self.loop_lag.start()
 
     @property
     def port(self) -> int:
@@ -99,13 +111,16 @@ class StreamingServer:
         timeout_s = self.config.server.drain_timeout_s if timeout_s is None else timeout_s
         if self.sessions:
             log.info("draining %d session(s), up to %.0f s", len(self.sessions), timeout_s)
+        for conn in list(self.pending.values()):
+            conn.refuse(ProtocolError("shutting_down", "the server is shutting down"))
         for conn in list(self.sessions.values()):
-            conn.execute(conn.session.fail(ProtocolError("shutting_down", "the server is shutting down")))
+            conn.fail(ProtocolError("shutting_down", "the server is shutting down"))
         deadline = time.monotonic() + timeout_s
-        while self.sessions and time.monotonic() < deadline:
+        while (self.sessions or self.pending) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
+        self.loop_lag.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -214,69 +229,195 @@ class StreamingServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         session_id = uuid.uuid4().hex[:12]
-        session = Session(session_id, self.config, self.model_info)
-        if self.draining or len(self.sessions) >= self.config.server.max_sessions:
-            code = "shutting_down" if self.draining else "too_many_sessions"
-            message = ("the server is shutting down" if self.draining else
-                       f"the server holds its maximum of {self.config.server.max_sessions} sessions; retry later")
-            log.warning("session %s refused: %s", session_id, code)
-            conn = _Connection(self, ws, session)
-            conn.execute(session.fail(ProtocolError(code, message)))
+        conn = _Connection(self, ws, session_id)
+        peer = ws.remote_address[0] if ws.remote_address else "?"
+        refusal = self._admission_error(conn)  # checked again at start; refused early when it is clear
+        if refusal is not None:
+            conn.refuse(refusal)
             await conn.finished()
             return
-        conn = _Connection(self, ws, session)
-        self.sessions[session_id] = conn
-        self.sessions_total += 1
-        peer = ws.remote_address[0] if ws.remote_address else "?"
-        log.info("session %s opened from %s (%d open)", session_id, peer, len(self.sessions))
+        # Connections that have not started are bounded apart from sessions; when too many
+        # wait, the oldest is closed (a socket that never sends start cannot lock anyone out).
+        self.pending[session_id] = conn
+        if len(self.pending) > self.config.server.max_pending_connections:
+            oldest = next(iter(self.pending.values()))
+            log.warning("session %s: too many connections waiting to start; closing the oldest", oldest.session_id)
+            oldest.refuse(ProtocolError("idle_timeout", "too many connections waiting to start; send start at once"))
+        log.debug("session %s: connection from %s (%d waiting to start)", session_id, peer, len(self.pending))
         try:
             await conn.run()
         finally:
-            self.sessions.pop(session_id, None)
+            self.pending.pop(session_id, None)
+            started = self.sessions.pop(session_id, None) is not None
             conn.release()
-            log.info("session %s closed: %s; %.1f s of audio, %d utterance(s)", session_id, conn.close_reason,
-                     session.audio_samples / 16_000, session.utterance_count)
+            if started:
+                conn.log_closed()
+
+    def _admission_error(self, conn: _Connection) -> ProtocolError | None:
+        if self.draining:
+            return ProtocolError("shutting_down", "the server is shutting down")
+        limit = self.config.server.max_sessions
+        if len(self.sessions) >= limit:
+            log.warning("session %s refused: too_many_sessions (%d open)", conn.session_id, len(self.sessions))
+            return ProtocolError("too_many_sessions", f"the server holds its maximum of {limit} sessions; retry later")
+        return None
+
+    def _admit(self, conn: _Connection) -> ProtocolError | None:
+        """Called by a session at its ``start``: take it from the waiting connections into the sessions."""
+        refusal = self._admission_error(conn)
+        if refusal is not None:
+            self.metrics.session_refused(refusal.code)
+            return refusal
+        self.pending.pop(conn.session_id, None)
+        self.sessions[conn.session_id] = conn
+        self.sessions_total += 1
+        self.metrics.session_opened()
+        peer = conn.ws.remote_address[0] if conn.ws.remote_address else "?"
+        log.info("session %s opened from %s (%d open)", conn.session_id, peer, len(self.sessions))
+        return None
 
 
 class _Connection:
-    """One WebSocket bound to one Session: executes its actions and owns its send queue."""
+    """One WebSocket bound to one Session: reads frames (with backpressure), executes the
+    session's actions, and owns the outbox and the task that sends it."""
 
-    def __init__(self, server: StreamingServer, ws: ServerConnection, session: Session) -> None:
+    def __init__(self, server: StreamingServer, ws: ServerConnection, session_id: str) -> None:
         self.server = server
         self.ws = ws
-        self.session = session
+        self.session_id = session_id
+        self.options = server.config.server
+        self.principal: str | None = getattr(ws, "principal", None)
+        """The API key id the handshake authenticated (None without auth)."""
+        self.session = Session(session_id, server.config, server.model_info, admit=lambda: server._admit(self))
         self.engine = server.engine
-        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.metrics = server.metrics
+        self.outbox = Outbox(self.options.send_queue_events, self.options.send_queue_bytes)
         self.close_reason = "client went away"
-        self._sender = asyncio.create_task(self._send_loop())
-        self._open_keys: set[tuple[str, int]] = set()
+        self.outcome = "client_gone"
+        self.opened_at = time.monotonic()
+        self._wake = asyncio.Event()
+        """Set when the outbox has something to send."""
+        self._progress = asyncio.Event()
+        """Set when the engine delivers a result for this session (backpressure waits on it)."""
+        self._closing: Close | None = None
         self._closed = asyncio.Event()
+        self._open_keys: set[tuple[str, int]] = set()
+        self._frame_at = self.opened_at
+        self._in_thread = False
+        self._deferred: list[Callable[[], list[Action] | None]] = []
+        """When the frame being handled arrived (latency metrics are measured from there)."""
+        self._started_at: dict[int, float] = {}
+        self._ended_at: dict[int, float] = {}
+        self._first_partial_sent: set[int] = set()
+        self._sender = asyncio.create_task(self._send_loop())
+
+    # ---- reading -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        idle = self.server.config.server.idle_timeout_s
+        alive_at = self.opened_at
         try:
             while not self.session.closed:
+                deadline, error = self._deadline(alive_at)
                 try:
-                    async with asyncio.timeout(idle):
+                    async with asyncio.timeout_at(deadline):
                         frame = await self.ws.recv()
                 except TimeoutError:
-                    self.execute(self.session.fail(ProtocolError(
-                        "idle_timeout", f"no message for {idle:.0f} s")))
+                    self.fail(error)
                     break
-                self.execute(self.session.receive(frame))
+                self._frame_at = time.monotonic()
+                self.session.last_valid_message = None
+                self.execute(await self._receive(frame))
+                self._run_deferred()
+                if self.session.last_valid_message is not None:
+                    alive_at = self._frame_at
+                if await self._pace():
+                    alive_at = max(alive_at, time.monotonic())
         except ConnectionClosed:
             if not self.session.closed:
-                self.close_reason = "client went away"
-                log.info("session %s: client disconnected without stop", self.session.session_id)
+                log.info("session %s: client disconnected without stop", self.session_id)
+            if self._closing is None or self.ws.state is State.CLOSED:
+                self._sender.cancel()  # nobody to send to any more
                 self._closed.set()
         await self.finished()
+
+    async def _receive(self, frame: str | bytes) -> list[Action]:
+        """The session's handling of one frame; a large frame is handled in a thread.
+
+        Decoding, resampling and voice activity detection of one 1 MiB frame (32 s of
+        audio) take about 200 ms, most of it the neural VAD, which releases the GIL:
+        off the loop, other sessions go on meanwhile. Results the engine delivers
+        in the meantime wait in ``_deferred``, so the session is only ever touched
+        by one thread at a time.
+        """
+        if len(frame) < _OFFLOAD_FRAME_BYTES:
+            return self.session.receive(frame)
+        self._in_thread = True
+        try:
+            return await asyncio.to_thread(self.session.receive, frame)
+        finally:
+            self._in_thread = False
+
+    def _session_call(self, call: Callable[[], list[Action] | None]) -> None:
+        """Run a session method now and carry out its actions, or after the frame being handled in a thread."""
+        if self._in_thread:
+            self._deferred.append(call)
+            return
+        self.execute(call() or [])
+
+    def _run_deferred(self) -> None:
+        while self._deferred:
+            self.execute(self._deferred.pop(0)() or [])
+
+    def fail(self, error: ProtocolError) -> None:
+        """End the session with ``error`` (its speech so far still gets its finals)."""
+        self._session_call(lambda: self.session.fail(error))
+
+    def _deadline(self, alive_at: float) -> tuple[float | None, ProtocolError]:
+        """When the next read gives up, and with which error."""
+        opts = self.options
+        loop_now = asyncio.get_running_loop().time()
+        to_loop = lambda t: loop_now + (t - time.monotonic())  # noqa: E731 - monotonic → loop clock
+        state = self.session.state
+        if state == "awaiting_start":
+            return to_loop(self.opened_at + opts.start_timeout_s), ProtocolError(
+                "idle_timeout", f"no start message within {opts.start_timeout_s:g} s")
+        if state != "streaming":
+            return None, ProtocolError("idle_timeout", "")  # draining: wait for the finals
+        idle_end = alive_at + opts.idle_timeout_s
+        session_end = self.opened_at + opts.max_session_s
+        if session_end <= idle_end:
+            return to_loop(session_end), ProtocolError(
+                "session_too_long", f"the session reached the maximum duration of {opts.max_session_s:g} s")
+        return to_loop(idle_end), ProtocolError(
+            "idle_timeout", f"no audio or keepalive for {opts.idle_timeout_s:g} s")
+
+    async def _pace(self) -> bool:
+        """Yield to other sessions, then wait while this session's engine backlog is over its bounds.
+
+        Not reading is the backpressure: the socket's buffers fill and a client that sends
+        faster than the engine decodes is slowed down by TCP, not by server memory.
+        Returns whether it had to wait.
+        """
+        await asyncio.sleep(0)  # a flood of small frames must not starve the other sessions
+        waited = False
+        while not self.session.closed and self._over_backlog():
+            waited = True
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):  # re-check even if a result was lost with its session
+                    await self._progress.wait()
+        return waited
+
+    def _over_backlog(self) -> bool:
+        backlog = self.engine.backlog(self.session_id)
+        return (backlog.finals >= self.options.max_pending_finals
+                or backlog.audio_s > self.options.max_audio_ahead_s)
 
     async def finished(self) -> None:
         """Wait until the session has sent its last event and closed (or the peer vanished)."""
         await self._closed.wait()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._sender, timeout=5)
-        self._sender.cancel()
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(self._sender, timeout=self.options.close_timeout_s + 1)
 
     def release(self) -> None:
         for key in self._open_keys:
@@ -284,19 +425,35 @@ class _Connection:
         self._open_keys.clear()
         self._sender.cancel()
 
+    def refuse(self, error: ProtocolError) -> None:
+        """End a connection that has not started (limits, shutdown, eviction)."""
+        self.metrics.session_refused(error.code)
+        self.fail(error)
+
+    def log_closed(self) -> None:
+        duration = time.monotonic() - self.opened_at
+        audio_s = self.session.audio_samples / 16_000
+        self.metrics.session_closed(self.outcome, duration, audio_s, self.session.utterance_count)
+        log.info("session %s closed: %s; %.1f s, %.1f s of audio, %d utterance(s)", self.session_id,
+                 self.close_reason, duration, audio_s, self.session.utterance_count,
+                 extra={"event": "session_closed", "session_id": self.session_id, "outcome": self.outcome,
+                        "duration_s": round(duration, 3), "audio_s": round(audio_s, 3),
+                        "utterances": self.session.utterance_count, "principal": self.principal})
+
     # ---- actions -------------------------------------------------------------------------------
 
     def execute(self, actions: list[Action]) -> None:
-        sid = self.session.session_id
+        sid = self.session_id
         for action in actions:
             if isinstance(action, Send):
                 self._enqueue(action.event)
             elif isinstance(action, FeedAudio):
+                self.metrics.audio_in(action.audio.size / 16_000)
                 self.engine.feed((sid, action.utterance_id), action.audio)
             elif isinstance(action, OpenUtterance):
                 key = (sid, action.utterance_id)
                 self._open_keys.add(key)
-                self.engine.open(key, action.options)
+                self.engine.open(key, action.options, group=sid)
             elif isinstance(action, RequestPartial):
                 future = self.engine.request_partial((sid, action.utterance_id))
                 future.add_done_callback(lambda f, u=action.utterance_id: self._on_partial(u, f))
@@ -305,55 +462,121 @@ class _Connection:
                 future.add_done_callback(lambda f, u=action.utterance_id: self._on_final(u, f))
             elif isinstance(action, Close):
                 self.close_reason = f"{action.code} {action.reason}"
-                self.outbox.put_nowait(action)
+                self.outcome = "completed" if action.code == 1000 else action.reason
+                self._closing = action
+                self._wake.set()
 
     def _on_partial(self, utterance_id: int, future: asyncio.Future) -> None:
+        self._progress.set()
         if future.cancelled() or isinstance(future.exception(), EngineClosed):
             return
         if future.exception() is not None:
             self._internal_error(future.exception())
             return
-        self.execute(self.session.partial_ready(utterance_id, future.result()))
+        self._session_call(lambda: self.session.partial_ready(utterance_id, future.result()))
 
     def _on_final(self, utterance_id: int, future: asyncio.Future) -> None:
-        key = (self.session.session_id, utterance_id)
+        self._progress.set()
+        key = (self.session_id, utterance_id)
         self._open_keys.discard(key)
         if future.cancelled() or isinstance(future.exception(), EngineClosed):
             return
         exc = future.exception()
         if exc is not None:
-            log.error("session %s: final of utterance %d failed: %r", self.session.session_id, utterance_id, exc)
-            # The utterance is still owed: answer it empty so the stream can go on and end in order.
-            self.execute(self.session.final_ready(utterance_id, FinalResult(text="", language=None)))
+            log.error("session %s: final of utterance %d failed: %r", self.session_id, utterance_id, exc)
+            # The session ends with internal_error; the utterance is still owed, so it is answered
+            # empty and the finals before it still go out, in order, before the error.
             self._internal_error(exc)
+            self._session_call(lambda: self.session.final_ready(utterance_id, FinalResult(text="", language=None)))
             return
-        self.execute(self.session.final_ready(utterance_id, future.result()))
+        self._session_call(lambda: self.session.final_ready(utterance_id, future.result()))
 
     def _internal_error(self, exc: BaseException) -> None:
-        log.error("session %s: engine error: %r", self.session.session_id, exc)
-        self.execute(self.session.fail(ProtocolError("internal_error", f"inference failed: {exc}")))
+        log.error("session %s: engine error: %r", self.session_id, exc)
+        self.fail(ProtocolError("internal_error", f"inference failed: {exc}"))
+
+    # ---- sending -------------------------------------------------------------------------------
 
     def _enqueue(self, event: dict[str, Any]) -> None:
-        limit = self.server.config.server.send_queue_events
-        if self.outbox.qsize() >= limit:
-            if event["type"] == "partial":
-                return  # partials are replaced by the next one anyway
-            log.warning("session %s: client reads too slowly (%d events queued); closing",
-                        self.session.session_id, self.outbox.qsize())
-            self.close_reason = "1008 slow_client"
-            self.session.abandon()
-            self.outbox.put_nowait(Close(1008, "slow_client"))
+        if self._closing is not None and self._closing.reason == "slow_client":
             return
-        self.outbox.put_nowait(encode_event(event, self.session.wire))
+        kind = event["type"]
+        uid = event.get("utterance_id")
+        meta: dict[str, Any] = {}
+        if kind == "speech_start":
+            self._started_at[uid] = self._frame_at
+        elif kind == "speech_end":
+            self._ended_at[uid] = self._frame_at
+        elif kind == "partial" and uid not in self._first_partial_sent and uid in self._started_at:
+            meta["first_partial_from"] = self._started_at[uid]
+        elif kind == "final":
+            meta["final_from"] = self._ended_at.pop(uid, None)
+            self._started_at.pop(uid, None)
+        elif kind == "error":
+            self.metrics.error(event["code"])
+        if self.outbox.put(Outgoing(encode_event(event, self.session.wire), kind, uid, meta)):
+            self._wake.set()
+            return
+        self._slow_client(f"{len(self.outbox)} events ({self.outbox.bytes} bytes) unsent")
+
+    def _slow_client(self, why: str) -> None:
+        """A client that does not read: close it now, aborting the transport if it will not take the close."""
+        log.warning("session %s: client reads too slowly (%s); closing", self.session_id, why)
+        self.metrics.error("slow_client")
+        self._session_call(self.session.abandon)
+        self.outbox.clear()
+        self.close_reason = "1008 slow_client"
+        self.outcome = "slow_client"
+        self._closing = Close(1008, "slow_client")
+        self._sender.cancel()  # it may be stuck writing to a socket nobody reads
+        self._sender = asyncio.create_task(self._close_transport(self._closing))
 
     async def _send_loop(self) -> None:
         try:
             while True:
-                item = await self.outbox.get()
-                if isinstance(item, Close):
-                    await self.ws.close(item.code, item.reason)
+                item = self.outbox.pop()
+                if item is None:
+                    if self._closing is not None:
+                        await self._close_transport(self._closing)
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                try:
+                    async with asyncio.timeout(self.options.send_timeout_s):
+                        await self.ws.send(item.frame)
+                except TimeoutError:
+                    self._slow_client(f"a send waited {self.options.send_timeout_s:g} s")
                     return
-                await self.ws.send(item)
+                self._sent(item)
+        except ConnectionClosed:
+            self._closed.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug in sending must still end the session
+            log.exception("session %s: send failed", self.session_id)
+            self.ws.transport.abort()
+            self._closed.set()
+
+    def _sent(self, item: Outgoing) -> None:
+        now = time.monotonic()
+        if item.kind == "partial" and "first_partial_from" in item.meta:
+            self._first_partial_sent.add(item.utterance_id)
+            self.metrics.first_partial_latency(now - item.meta["first_partial_from"])
+        elif item.kind == "final":
+            self._first_partial_sent.discard(item.utterance_id)
+            if item.meta.get("final_from") is not None:
+                self.metrics.final_latency(now - item.meta["final_from"])
+
+    async def _close_transport(self, close: Close) -> None:
+        """The close handshake, bounded: a client that does not take it has its transport aborted."""
+        try:
+            async with asyncio.timeout(self.options.close_timeout_s):
+                await self.ws.close(close.code, close.reason)
+        except TimeoutError:
+            log.warning("session %s: close handshake not completed in %g s; aborting the connection",
+                        self.session_id, self.options.close_timeout_s)
+            self.ws.transport.abort()
         except ConnectionClosed:
             pass
         finally:
@@ -377,6 +600,43 @@ async def run_server(backend: Backend, config: Config, ready: asyncio.Future | N
     finally:
         await server.drain()
         await server.stop()
+
+
+class LoopLagMonitor:
+    """Measures how late the event loop runs a timer: the worst stall any input caused.
+
+    A task sleeps ``interval_s`` again and again; the time beyond that it took to
+    wake up is the loop's lag (model work never runs on the loop, so a lag is the
+    server's own parsing, VAD or sending holding it up).
+    """
+
+    def __init__(self, interval_s: float = 0.02) -> None:
+        self.interval_s = interval_s
+        self.max_lag_s = 0.0
+        self.last_lag_s = 0.0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def reset(self) -> float:
+        """Return the worst lag so far and start counting again."""
+        worst, self.max_lag_s = self.max_lag_s, 0.0
+        return worst
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(self.interval_s)
+            self.last_lag_s = max(0.0, loop.time() - t0 - self.interval_s)
+            self.max_lag_s = max(self.max_lag_s, self.last_lag_s)
 
 
 class BackgroundServer:
