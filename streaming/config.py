@@ -9,11 +9,16 @@ overrides single fields; a client's ``start`` message overrides the fields that
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .protocol import shown as _shown
 
 
 class ConfigError(ValueError):
@@ -172,37 +177,102 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 def set_field(obj: Any, key: str, value: Any, where: str = "") -> None:
-    """Set one dataclass field with a type check (int accepted for float)."""
+    """Set one dataclass field with a strict type check (int accepted for float, never bool for a number)."""
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if key not in fields:
         raise ConfigError(f"{where} unknown option {key!r}")
-    expected = _default_type(obj, key)
-    if value is not None and expected is not None and not isinstance(value, expected):
-        if not (expected is float and isinstance(value, int) and not isinstance(value, bool)):
-            raise ConfigError(f"{where} option {key!r} must be {expected.__name__}, got {value!r}")
-        value = float(value)
+    kind, nullable = _field_type(type(obj), key)
+    if kind is not None:
+        value = check_value(f"{where} option {key!r}", value, kind, nullable)
     setattr(obj, key, value)
 
 
-def _default_type(obj: Any, key: str) -> type | None:
-    value = getattr(type(obj)(), key)
+@functools.cache
+def _field_type(cls: type, key: str) -> tuple[type | None, bool]:
+    """The field's type from its annotation (``int``, ``str | None``, ``list[str]`` → list) and nullability.
+
+    None as the type means "not checked" (an annotation this function does not understand).
+    """
+    try:
+        hint = typing.get_type_hints(cls)[key]
+    except Exception:  # an unresolvable annotation: fall back to the default's type
+        default = getattr(cls(), key)
+        return (None if default is None else type(default)), default is None
+    nullable = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        nullable = type(None) in args
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            return None, nullable
+        hint = rest[0]
+    origin = typing.get_origin(hint) or hint
+    return (origin if isinstance(origin, type) else None), nullable
+
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_value(name: str, value: Any, kind: type, nullable: bool = False,
+                low: float | None = None, high: float | None = None) -> Any:
+    """Check one value against its type (JSON's: a bool is not a number), nullability and inclusive range.
+
+    Returns the value converted to ``kind`` (600.0 → 600 for an int, 2 → 2.0 for a float); the range of a
+    string bounds its length. Raises :class:`ConfigError` naming ``name``.
+    """
     if value is None:
-        return {"language": str, "window_s": int, "context": str}.get(key)
-    return type(value)
+        if nullable:
+            return None
+        raise ConfigError(f"{name} must be {_TYPE_NAMES.get(kind, kind.__name__)}, not null")
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} must be {_TYPE_NAMES[kind]}, got {_shown(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(f"{name}={_shown(value)} is out of range [{low}, {high}]")
+        try:
+            return kind(value)
+        except OverflowError:  # an integer too large for a float
+            raise ConfigError(f"{name}={_shown(value)} is too large") from None
+    if not isinstance(value, kind):
+        raise ConfigError(f"{name} must be {_TYPE_NAMES.get(kind, kind.__name__)}, got {_shown(value)}")
+    if kind is str and ((low is not None and len(value) < low) or (high is not None and len(value) > high)):
+        raise ConfigError(f"{name} must be {low}-{high} characters long, got {len(value)}")
+    return value
 
 
-# Fields of a ``start`` message: (target section, min, max). None bounds = no range check.
-SESSION_FIELDS: dict[str, tuple[str, float | None, float | None]] = {
-    "language": ("session", None, None),
-    "partials": ("session", None, None),
-    "step_s": ("session", 0.25, 5.0),
-    "window_s": ("session", 1, 8),
-    "context": ("session", None, None),
-    "endpoint_silence_ms": ("vad", 100, 5000),
-    "max_utterance_s": ("vad", 2.0, 120.0),
-    "vad_aggressiveness": ("vad", 0, 3),
-}
+@dataclass(frozen=True)
+class StartField:
+    """The rule for one ``start`` field: which option it sets, its JSON type, whether null is a value, its range."""
+
+    section: str
+    """``session`` or ``vad``: the options object it sets."""
+    attr: str
+    """The option's name in that object."""
+    kind: type
+    """``bool``, ``int``, ``float`` or ``str``: a JSON boolean, integer (600.0 counts), number or string."""
+    low: float | None = None
+    high: float | None = None
+    """Inclusive range of a number, or of a string's length; None = unbounded."""
+    nullable: bool = False
+    """Whether ``null`` is a value (it sets the option to None); otherwise null is ``invalid_option``."""
+
+
 MAX_CONTEXT_CHARS = 1000
+# Every field a ``start`` message may set, checked only by this table (docs/protocol.md, /v1/info).
+SESSION_FIELDS: dict[str, StartField] = {
+    "language": StartField("session", "language", str, 1, 16, nullable=True),
+    "partials": StartField("session", "partials", bool),
+    "step_s": StartField("session", "step_s", float, 0.25, 5.0),
+    "window_s": StartField("session", "window_s", int, 1, 8, nullable=True),
+    "context": StartField("session", "context", str, 0, MAX_CONTEXT_CHARS, nullable=True),
+    "endpoint_silence_ms": StartField("vad", "endpoint_silence_ms", int, 100, 5000),
+    "max_utterance_s": StartField("vad", "max_utterance_s", float, 2.0, 120.0),
+    "vad_aggressiveness": StartField("vad", "aggressiveness", int, 0, 3),
+}
 
 
 def apply_session_fields(session: SessionOptions, vad: VadOptions, fields: dict[str, Any]) -> None:
@@ -211,30 +281,27 @@ def apply_session_fields(session: SessionOptions, vad: VadOptions, fields: dict[
     Raises :class:`ConfigError` naming the offending field.
     """
     for key, value in fields.items():
-        if key not in SESSION_FIELDS:
-            raise ConfigError(f"unknown start field {key!r} (known: {', '.join(sorted(SESSION_FIELDS))})")
-        section, low, high = SESSION_FIELDS[key]
-        target = session if section == "session" else vad
-        attr = "aggressiveness" if key == "vad_aggressiveness" else key
-        if value is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{key} must be finite")
-            if low is not None and not (low <= value <= high):
-                raise ConfigError(f"{key}={value!r} is out of range [{low}, {high}]")
-        if key == "window_s" and value is not None and (isinstance(value, bool) or value != int(value)):
-            raise ConfigError(f"window_s must be a whole number of seconds, got {value!r}")
-        if key == "window_s" and isinstance(value, float):
-            value = int(value)
-        if key == "context" and isinstance(value, str) and len(value) > MAX_CONTEXT_CHARS:
-            raise ConfigError(f"context is longer than {MAX_CONTEXT_CHARS} characters")
-        if key == "language" and isinstance(value, str) and not (1 <= len(value) <= 16):
-            raise ConfigError(f"language {value!r} is not a language code")
-        set_field(target, attr, value, where="start:")
+        rule = SESSION_FIELDS.get(key) if isinstance(key, str) else None
+        if rule is None:
+            raise ConfigError(f"unknown start field {_shown(key)} (known: {', '.join(sorted(SESSION_FIELDS))})")
+        value = check_value(key, value, rule.kind, rule.nullable, rule.low, rule.high)
+        setattr(session if rule.section == "session" else vad, rule.attr, value)
+
+
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
 
 def session_field_info() -> dict[str, dict[str, Any]]:
-    """Describe the start fields (for ``/v1/info``)."""
-    return {k: {"min": lo, "max": hi} for k, (_, lo, hi) in SESSION_FIELDS.items()}
+    """Describe the start fields (for ``/v1/info``): JSON type, nullability, range (a string's: its length)."""
+    info: dict[str, dict[str, Any]] = {}
+    for key, rule in SESSION_FIELDS.items():
+        entry: dict[str, Any] = {"type": _JSON_TYPES[rule.kind], "nullable": rule.nullable}
+        if rule.kind is str:
+            entry |= {"min_length": rule.low, "max_length": rule.high}
+        elif rule.kind is not bool:
+            entry |= {"min": rule.low, "max": rule.high}
+        info[key] = entry
+    return info
 
 
 def copy_options(config: Config) -> tuple[SessionOptions, VadOptions]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -19,6 +20,8 @@ PROTOCOL_VERSION = 1
 ENCODINGS = ("pcm_s16le", "pcm_f32le")
 MIN_SAMPLE_RATE_HZ = 8_000
 MAX_SAMPLE_RATE_HZ = 48_000
+MAX_NESTING = 32
+"""Deepest nesting of arrays/objects a client message may have; deeper is ``bad_message``."""
 
 
 class Wire(Enum):
@@ -39,6 +42,8 @@ ERROR_CODES: dict[str, tuple[bool, int | None]] = {
     "message_too_large": (True, 1009),
     "invalid_audio": (True, 1007),
     "too_many_sessions": (True, 1013),
+    "overloaded": (True, 1013),
+    "session_too_long": (True, 1008),
     "idle_timeout": (True, 1008),
     "slow_client": (True, 1008),
     "shutting_down": (True, 1001),
@@ -88,7 +93,12 @@ class Stop:
     pass
 
 
-ClientMessage = Start | Audio | Finalize | Stop
+@dataclass(frozen=True)
+class Keepalive:
+    """The client is alive (the shell's idle timer restarts); nothing else happens."""
+
+
+ClientMessage = Start | Audio | Finalize | Stop | Keepalive
 
 
 class Parser:
@@ -99,7 +109,8 @@ class Parser:
         self.wire: Wire | None = None
 
     def parse(self, frame: str | bytes) -> ClientMessage:
-        size = len(frame.encode("utf-8")) if isinstance(frame, str) else len(frame)
+        # surrogatepass: a str holding a lone surrogate is measured here and refused as bad_message below.
+        size = len(frame.encode("utf-8", "surrogatepass")) if isinstance(frame, str) else len(frame)
         if size > self.max_message_bytes:
             raise ProtocolError("message_too_large",
                                 f"frame of {size} bytes is over the limit of {self.max_message_bytes}")
@@ -120,33 +131,73 @@ class Parser:
                 self.wire = Wire.JSON
             return message
         try:
-            obj = msgpack.unpackb(frame, raw=False)
-        except Exception:
-            obj = None
+            obj = _unpack(frame)
+        except ProtocolError:
+            obj = None  # not msgpack: raw audio
         if isinstance(obj, dict) and obj.get("type") == "start":
-            message = _message_from_map(obj)
+            # A msgpack start, even a refused one: the client reads msgpack, so errors go out in msgpack.
             self.wire = Wire.MSGPACK
-            return message
+            return _message_from_map(_checked_map(obj, "msgpack"))
         raise ProtocolError("audio_before_start", "audio received before the start message")
 
 
 def _json_map(text: str) -> dict[str, Any]:
     try:
         obj = json.loads(text)
-    except ValueError as exc:
-        raise ProtocolError("bad_message", f"text frame is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("bad_message", f"text frame nests deeper than {MAX_NESTING} levels") from None
+    except Exception as exc:  # any decoder failure is the client's malformed frame, never a server fault
+        raise ProtocolError("bad_message", f"text frame is not valid JSON: {_short(str(exc))}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_message", "a message must be a JSON object")
-    return obj
+    return _checked_map(obj, "JSON")
+
+
+def _unpack(data: bytes) -> Any:
+    def refuse_ext(code: int, _data: bytes) -> Any:
+        raise ValueError(f"msgpack extension type {code} is not allowed")
+
+    try:
+        # strict_map_key=False so that a non-string key is our bad_message, not a decoder error.
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=refuse_ext,
+                               max_ext_len=0)
+    except (RecursionError, msgpack.exceptions.StackError):
+        raise ProtocolError("bad_message", f"msgpack frame nests deeper than {MAX_NESTING} levels") from None
+    except Exception as exc:  # any decoder failure is the client's malformed frame, never a server fault
+        raise ProtocolError("bad_message", f"binary frame is not valid msgpack: {_short(str(exc))}") from None
 
 
 def _msgpack_map(data: bytes) -> dict[str, Any]:
-    try:
-        obj = msgpack.unpackb(data, raw=False)
-    except Exception as exc:
-        raise ProtocolError("bad_message", f"binary frame is not valid msgpack: {exc}") from None
+    obj = _unpack(data)
     if not isinstance(obj, dict):
         raise ProtocolError("bad_message", "a msgpack message must be a map")
+    return _checked_map(obj, "msgpack")
+
+
+_PLAIN_SCALARS = (type(None), bool, int, float, bytes)
+
+
+def _checked_map(obj: dict[Any, Any], wire: str) -> dict[str, Any]:
+    """Refuse what no message holds: deep nesting, non-string keys, extension types, text that is not UTF-8."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:  # iterative: a hostile frame must not exhaust the call stack
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ProtocolError("bad_message", f"a {wire} string is not valid Unicode text") from None
+        elif isinstance(value, dict | list):
+            if depth > MAX_NESTING:
+                raise ProtocolError("bad_message", f"a {wire} message nests deeper than {MAX_NESTING} levels")
+            if isinstance(value, dict):
+                if not all(isinstance(key, str) for key in value):
+                    raise ProtocolError("bad_message", f"every key of a {wire} map must be a string")
+                stack.extend((key, depth) for key in value)
+                value = value.values()
+            stack.extend((item, depth + 1) for item in value)
+        elif not isinstance(value, _PLAIN_SCALARS):
+            raise ProtocolError("bad_message", f"a {wire} message may not hold a {type(value).__name__}")
     return obj
 
 
@@ -165,7 +216,9 @@ def _message_from_map(obj: dict[str, Any]) -> ClientMessage:
         return Finalize()
     if kind == "stop":
         return Stop()
-    raise ProtocolError("unknown_message", f"unknown message type {kind!r}")
+    if kind == "keepalive":
+        return Keepalive()
+    raise ProtocolError("unknown_message", f"unknown message type {shown(kind)}")
 
 
 def _parse_start(obj: dict[str, Any]) -> Start:
@@ -173,14 +226,14 @@ def _parse_start(obj: dict[str, Any]) -> Start:
     if isinstance(rate, float) and rate.is_integer():
         rate = int(rate)
     if not isinstance(rate, int) or isinstance(rate, bool):
-        raise ProtocolError("unsupported_sample_rate", f"sample_rate must be an integer, got {rate!r}")
+        raise ProtocolError("unsupported_sample_rate", f"sample_rate must be an integer, got {shown(rate)}")
     if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
         raise ProtocolError("unsupported_sample_rate",
                             f"sample_rate {rate} is outside {MIN_SAMPLE_RATE_HZ}-{MAX_SAMPLE_RATE_HZ} Hz")
     encoding = obj.get("encoding", "pcm_s16le")
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise ProtocolError("unsupported_encoding",
-                            f"encoding {encoding!r} is not supported (use one of {', '.join(ENCODINGS)})")
+                            f"encoding {shown(encoding)} is not supported (use one of {', '.join(ENCODINGS)})")
     options = {k: v for k, v in obj.items() if k not in ("type", "sample_rate", "encoding")}
     return Start(rate, encoding, options)
 
@@ -190,6 +243,22 @@ def encode_event(event: dict[str, Any], wire: Wire | None) -> str | bytes:
     if wire is Wire.MSGPACK:
         return msgpack.packb(event, use_bin_type=True)
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """A client value as an error message shows it: JSON spelling for literals, bounded in size and depth."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return _REPR.repr(value)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def round_time(seconds: float) -> float:

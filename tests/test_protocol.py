@@ -1,12 +1,13 @@
 """Protocol v1 parser/encoder: every message and every bad input, no sockets."""
 
 import json
+from pathlib import Path
 
 import msgpack
 import pytest
 
-from streaming.protocol import (ERROR_CODES, Audio, Finalize, Parser, ProtocolError, Start, Stop, Wire,
-                                encode_event)
+from streaming.protocol import (ERROR_CODES, MAX_NESTING, Audio, Finalize, Keepalive, Parser, ProtocolError,
+                                Start, Stop, Wire, encode_event)
 
 
 def parse_all(frames, max_bytes=1 << 20):
@@ -21,6 +22,13 @@ def test_json_session_messages():
     assert p.wire is Wire.JSON
     assert msgs[0] == Start(48000, "pcm_f32le", {"language": "en", "partials": False})
     assert msgs[1:] == [Audio(b"\x00\x01"), Finalize(), Stop()]
+
+
+def test_keepalive_in_both_wires():
+    _, msgs = parse_all(['{"type":"start"}', '{"type":"keepalive"}'])
+    assert msgs[1] == Keepalive()
+    _, msgs = parse_all([msgpack.packb({"type": "start"}), msgpack.packb({"type": "keepalive"})])
+    assert msgs[1] == Keepalive()
 
 
 def test_start_defaults():
@@ -66,6 +74,68 @@ def test_bad_input_codes(frames, code):
     assert e.value.fatal is fatal and e.value.close_code == close
 
 
+START = msgpack.packb({"type": "start"})
+NESTED = "[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1)
+
+
+@pytest.mark.parametrize("frames,code", [
+    # Found by a probe: json's RecursionError escaped the parser and closed the session with 1011.
+    (["[" * 1000], "bad_message"),
+    (["[" * 100_000], "bad_message"),
+    (['{"type":"start"}', "[" * 1000], "bad_message"),
+    (['{"type":"start"}', '{"type":"stop","x":' + NESTED + "}"], "bad_message"),
+    (['{"type":"start"}', '{"type":"finalize","x":"\\ud800"}'], "bad_message"),    # not Unicode text
+    (['{"type":"start","language":"\\udfff"}'], "bad_message"),
+    (['{"type":"start","language":"\udfff"}'], "bad_message"),                  # a str no socket gives
+    (['{"type":"start","sample_rate":' + "9" * 5000 + "}"], "bad_message"),    # over int's digit limit
+    ([START, msgpack.packb({"type": "stop", 1: 2})], "bad_message"),               # non-string key
+    ([START, msgpack.packb({"type": "stop", "x": {b"k": 1}})], "bad_message"),     # bytes key, nested
+    ([START, b"\x91" * 100_000 + b"\xc0"], "bad_message"),                        # huge nesting
+    ([START, msgpack.packb({"type": "stop", "x": json.loads(NESTED)})], "bad_message"),
+    ([START, msgpack.packb({"type": "stop", "x": msgpack.ExtType(5, b"ab")})], "bad_message"),
+    ([START, msgpack.packb({"type": "stop", "x": msgpack.Timestamp(1, 0)})], "bad_message"),
+    ([START, msgpack.packb({"type": "audio", "pcm": msgpack.ExtType(1, b"")})], "bad_message"),
+    ([START, msgpack.packb({"type": "stop"}) + b"\x00"], "bad_message"),          # trailing bytes
+    ([msgpack.packb({"type": "start", 7: "x"})], "bad_message"),
+    (['{"type":"start","encoding":null}'], "unsupported_encoding"),
+    (['{"type":"start","encoding":["pcm_s16le"]}'], "unsupported_encoding"),
+    (['{"type":"start","encoding":1}'], "unsupported_encoding"),
+    (['{"type":"start","sample_rate":null}'], "unsupported_sample_rate"),
+    (['{"type":"start","sample_rate":false}'], "unsupported_sample_rate"),
+    (['{"type":"start","sample_rate":NaN}'], "unsupported_sample_rate"),
+    (['{"type":"start","sample_rate":16000.5}'], "unsupported_sample_rate"),
+    (['{"type":"keepalive"}', b"\x00\x00"], "audio_before_start"),
+])
+def test_hostile_frames_are_documented_errors(frames, code):
+    p = Parser()
+    with pytest.raises(ProtocolError) as e:
+        for f in frames:
+            p.parse(f)
+    assert e.value.code == code
+    assert len(e.value.message) < 300
+
+
+def test_error_messages_show_client_values_briefly():
+    p = Parser()
+    with pytest.raises(ProtocolError) as e:
+        p.parse('{"type":"' + "x" * 100_000 + '"}')
+    assert e.value.code == "unknown_message" and len(e.value.message) < 200
+    with pytest.raises(ProtocolError) as e:
+        p.parse('{"type":"start","sample_rate":true}')
+    assert "true" in e.value.message
+
+
+def test_refused_msgpack_start_answers_in_msgpack():
+    p = Parser()
+    with pytest.raises(ProtocolError) as e:
+        p.parse(msgpack.packb({"type": "start", "encoding": "opus"}))
+    assert e.value.code == "unsupported_encoding" and p.wire is Wire.MSGPACK
+
+
+def test_sixteen_thousand_point_zero_is_a_sample_rate():
+    assert Parser().parse('{"type":"start","sample_rate":16000.0}') == Start(16000, "pcm_s16le", {})
+
+
 def test_encode_event_json_and_msgpack():
     ev = {"type": "final", "seq": 3, "text": "héllo", "utterance_id": 0}
     assert json.loads(encode_event(ev, Wire.JSON)) == ev
@@ -76,3 +146,15 @@ def test_encode_event_json_and_msgpack():
 def test_every_error_code_has_fatal_close_consistency():
     for code, (fatal, close) in ERROR_CODES.items():
         assert (close is not None) == fatal, code
+    assert ERROR_CODES["session_too_long"] == (True, 1008)
+    assert ERROR_CODES["overloaded"] == (True, 1013)
+
+
+def test_every_error_code_is_documented():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    errors = doc[doc.index("## Errors"):]
+    for code, (fatal, close) in ERROR_CODES.items():
+        row = next((line for line in errors.splitlines() if line.startswith(f"| `{code}` |")), None)
+        assert row is not None, code
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2] == ("yes" if fatal else "no") and cells[3] == (str(close) if close else ""), row

@@ -1,13 +1,16 @@
 """The stream state machine without sockets: frames in, actions out (engine simulated inline)."""
 
 import json
+import logging
 
 import msgpack
 import numpy as np
 import pytest
 
 from streaming.audio import float_to_pcm16
-from streaming.config import Config
+from streaming.config import SESSION_FIELDS, Config
+from streaming.models.base import FinalResult
+from streaming.protocol import ProtocolError
 from streaming.session import (Close, FeedAudio, ModelInfo, OpenUtterance, RequestFinal, RequestPartial, Send,
                                Session)
 from tests.fakes import CountingBackend
@@ -31,10 +34,11 @@ def silence(seconds, rate=SR):
 class Driver:
     """Runs a Session with a CountingBackend answering engine requests immediately (or later)."""
 
-    def __init__(self, config=None, backend=None, defer=False, **model):
+    def __init__(self, config=None, backend=None, defer=False, classify=loud, validate=None):
         self.backend = backend or CountingBackend()
-        info = ModelInfo(self.backend.name, self.backend.supports_window, 30.0, self.backend.validate_options)
-        self.session = Session("s1", config or Config(), info, classify=loud)
+        info = ModelInfo(self.backend.name, self.backend.supports_window, 30.0,
+                         validate or self.backend.validate_options)
+        self.session = Session("s1", config or Config(), info, classify=classify)
         self.states = {}
         self.events, self.closed = [], None
         self.defer = defer
@@ -243,3 +247,167 @@ def test_silence_only_gives_no_utterance():
     d.send('{"type":"stop"}')
     assert d.types() == ["ready", "end"]
     assert not d.backend.batches
+
+
+SPEECH_THEN_MORE = np.concatenate([silence(0.3), tone(1.0), silence(1.0), tone(2.0)])
+
+
+@pytest.mark.parametrize("fields", [
+    # Found by a probe: each of these passed validation, then crashed the session on speech (close 1011,
+    # no error event) or silently misbehaved (endpoint_silence_ms false = a 0 ms endpoint).
+    {"max_utterance_s": None}, {"step_s": None}, {"endpoint_silence_ms": None}, {"partials": None},
+    {"vad_aggressiveness": None}, {"endpoint_silence_ms": False}, {"endpoint_silence_ms": True},
+    {"vad_aggressiveness": True}, {"step_s": True}, {"max_utterance_s": False}, {"window_s": False},
+    {"endpoint_silence_ms": 600.5}, {"language": False}, {"context": 0},
+])
+def test_mistyped_start_fields_are_invalid_option_naming_the_field(fields):
+    d = Driver()
+    d.start(**fields)
+    d.audio(SPEECH_THEN_MORE)
+    [key] = fields
+    assert d.types() == ["error"] and d.events[0]["code"] == "invalid_option" and key in d.events[0]["message"]
+    assert d.closed == Close(1008, "invalid_option")
+
+
+@pytest.mark.parametrize("fields", [{"language": None}, {"window_s": None}, {"context": None}])
+def test_documented_nulls_are_values(fields):
+    d = Driver()
+    d.start(**fields)
+    d.audio(np.concatenate([tone(1.0), silence(1.0)]))
+    d.send('{"type":"stop"}')
+    assert d.types()[0] == "ready" and "final" in d.types() and d.types()[-1] == "end"
+
+
+def test_integral_float_endpoint_is_an_integer():
+    d = Driver()
+    d.start(endpoint_silence_ms=600.0, vad_aggressiveness=3.0)
+    options = d.events[0]["options"]
+    assert options["endpoint_silence_ms"] == 600 and type(options["endpoint_silence_ms"]) is int
+    assert options["vad_aggressiveness"] == 3
+
+
+def test_deeply_nested_frame_mid_stream_is_bad_message_and_the_stream_goes_on():
+    d = Driver()
+    d.start()
+    d.send("[" * 1000)  # RecursionError inside json
+    d.audio(np.concatenate([tone(1.0), silence(1.0)]))
+    d.send('{"type":"stop"}')
+    errors = [e for e in d.events if e["type"] == "error"]
+    assert [(e["code"], e["fatal"]) for e in errors] == [("bad_message", False)]
+    assert d.types()[-1] == "end" and "final" in d.types()
+
+
+class FailsOnCall:
+    """An energy classifier that raises on its n-th call (it is called for every non-silent frame)."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def __call__(self, frame):
+        self.calls += 1
+        if self.calls == self.n:
+            raise RuntimeError("classifier bug")
+        return loud(frame)
+
+
+def test_exception_inside_the_session_is_internal_error_after_earlier_finals(caplog):
+    d = Driver(classify=FailsOnCall(100))  # 1 s of tone is ~34 loud frames: fails inside the second tone
+    d.start()
+    with caplog.at_level(logging.ERROR, logger="streaming.session"):
+        d.audio(SPEECH_THEN_MORE)
+    t = d.types()
+    finals = [e for e in d.events if e["type"] == "final"]
+    # Utterance 0 ended before the bug; utterance 1 was open: the audio it had is still decoded.
+    assert [f["utterance_id"] for f in finals] == [0, 1] and all(f["text"].startswith("w0 w1") for f in finals)
+    assert t[-1] == "error" and t.index("final") < t.index("error")
+    assert d.events[-1]["code"] == "internal_error" and d.events[-1]["fatal"] is True
+    assert d.closed == Close(1011, "internal_error")
+    assert any("s1" in r.getMessage() and r.exc_info for r in caplog.records), "logged with the session id"
+    d.send(b"\x00" * 3200)  # nothing after the close
+    d.send('{"type":"stop"}')
+    assert d.events[-1]["code"] == "internal_error"
+
+
+def test_exception_during_stop_still_sends_end_of_speech():
+    classify = FailsOnCall(None)
+    d = Driver(classify=classify)
+    d.start()
+    d.audio(np.concatenate([silence(0.3), tone(1.0)])[: int(1.15 * SR) + 100])  # ends inside a VAD frame
+    assert d.types()[-1] != "error"
+    classify.n = classify.calls + 1  # the stop's flush classifies the last partial frame: it fails
+    d.send('{"type":"stop"}')
+    assert [e["type"] for e in d.events][-3:] == ["speech_end", "final", "error"]
+    assert d.events[-1]["code"] == "internal_error" and d.closed.code == 1011
+
+
+def test_exception_in_model_validation_is_internal_error_not_a_crash(caplog):
+    def broken(options):
+        raise KeyError("bug")
+
+    d = Driver(validate=broken)
+    with caplog.at_level(logging.ERROR, logger="streaming.session"):
+        d.start()
+    assert d.types() == ["error"] and d.events[0]["code"] == "internal_error" and d.closed.code == 1011
+    assert "s1" in caplog.text
+
+
+def test_broken_engine_result_is_internal_error_not_a_crash():
+    d = Driver(defer=True)
+    d.start(partials=False)
+    d.audio(np.concatenate([tone(1.0), silence(1.0)]))
+    assert d.types()[-1] == "speech_end"
+    d.run(d.session.final_ready(0, FinalResult(text=None)))  # a backend bug
+    assert d.events[-1]["code"] == "internal_error" and d.closed.code == 1011
+
+
+def test_keepalive_does_nothing_but_count_as_a_valid_message():
+    d = Driver()
+    d.start()
+    assert d.session.last_valid_message == "start"
+    assert d.session.receive('{"type":"keepalive"}') == []
+    assert d.session.last_valid_message == "keepalive"
+    d.send("{oops")
+    assert d.session.last_valid_message is None
+    d.send('{"type":"dance"}')
+    assert d.session.last_valid_message is None
+    d.send('{"type":"start"}')  # already_started
+    assert d.session.last_valid_message is None
+    d.audio(tone(0.5))
+    assert d.session.last_valid_message == "audio"
+    d.send('{"type":"finalize"}')
+    assert d.session.last_valid_message == "finalize"
+    d.send(msgpack.packb({"type": "keepalive"}))  # a JSON session: binary is audio
+    assert d.session.last_valid_message == "audio"
+    d.send('{"type":"stop"}')
+    assert d.types()[-1] == "end"
+    d.send('{"type":"keepalive"}')
+    assert d.session.last_valid_message is None
+
+
+def test_keepalive_in_msgpack_and_before_start():
+    d = Driver()
+    d.send(msgpack.packb({"type": "start"}))
+    assert d.session.receive(msgpack.packb({"type": "keepalive"})) == []
+    assert d.session.last_valid_message == "keepalive"
+    d = Driver()
+    d.send('{"type":"keepalive"}')
+    assert d.events[0]["code"] == "audio_before_start" and d.closed.code == 1008
+
+
+@pytest.mark.parametrize("code,close", [("session_too_long", 1008), ("overloaded", 1013)])
+def test_server_side_fatal_codes_drain_first(code, close):
+    d = Driver()
+    d.start()
+    d.audio(np.concatenate([silence(0.3), tone(1.5)]))
+    d.run(d.session.fail(ProtocolError(code, "server says so")))
+    t = d.types()
+    assert t.index("final") < t.index("error") and d.events[-1]["code"] == code
+    assert d.closed == Close(close, code)
+
+
+def test_every_start_field_is_checked_by_the_table():
+    # The session has no rules of its own: an unknown field and each table field's wrong type both refuse.
+    for key in SESSION_FIELDS:
+        d = Driver()
+        d.start(**{key: [1]})
+        assert d.events[0]["code"] == "invalid_option" and key in d.events[0]["message"]
