@@ -2,12 +2,15 @@
 
     .venv/bin/python scripts/soak.py --minutes 30 --speed 2     # the long run (about 15 min)
     .venv/bin/python scripts/soak.py --minutes 2 --speed 2      # what CI runs (tests/test_soak.py)
+    .venv/bin/python scripts/soak.py --minutes 10 --speed 0     # push 10 min as fast as possible
 
 Starts the server in-process on loopback with the embedded model, streams the
 English clips of ``dev-full.jsonl`` back to back (0.8 s of silence between
 clips) until ``--minutes`` of audio have gone in, and samples the process RSS
 every second. Reports, for the first and the last window of stream time
-(``--window-minutes``, default 5, or a third of the run when shorter): RSS,
+(``--window-minutes``, default 5, or a third of the run when shorter; with
+``--speed 0``, as fast as the server lets the client send, windows of wall
+time and no latency, since nothing is paced): RSS,
 final latency after the end of each utterance (p50/p95), the engine's mean
 batch time, and the whole run's WER, as JSON (``--out``). Flat means the last
 window is no worse than the first: no leak, no slowdown with session age.
@@ -85,17 +88,17 @@ async def run_soak(url: str, server: Any, minutes: float, speed: float,
     audio_s = audio.size / SAMPLE_RATE_HZ
     window_s = 60 * (window_minutes if window_minutes else min(5.0, minutes / 3))
 
-    def wall_of(stream_s: float) -> float:
-        return stream_s / speed
-
+    wall_s = time.perf_counter() - t0
+    # Windows in stream time; unpaced (speed 0), wall time stands in for it.
+    scale = speed if speed > 0 else audio_s / max(wall_s, 1e-9)
     finals = [(t, e) for t, e in result.events if e["type"] == "final"]
-    latency = [(e["end_s"], t - wall_of(e["end_s"])) for t, e in finals if e["text"]]
+    latency = [(e["end_s"], t - e["end_s"] / speed) for t, e in finals if e["text"]] if speed > 0 else []
 
     def window(first: bool) -> dict[str, Any]:
         lo, hi = (0.0, window_s) if first else (audio_s - window_s, audio_s)
         lat = [x for s, x in latency if lo <= s < hi]
-        rss = [m for w, m in samples if lo <= w * speed < hi]
-        b = [(w, n, busy) for w, n, busy in batches if lo <= w * speed < hi]
+        rss = [m for w, m in samples if lo <= w * scale < hi]
+        b = [(w, n, busy) for w, n, busy in batches if lo <= w * scale < hi]
         mean_batch_ms = None
         if len(b) >= 2 and b[-1][1] > b[0][1]:
             mean_batch_ms = round(1000 * (b[-1][2] - b[0][2]) / (b[-1][1] - b[0][1]), 1)
@@ -105,7 +108,7 @@ async def run_soak(url: str, server: Any, minutes: float, speed: float,
                 "rss_mb_max": round(max(rss), 1) if rss else None, "mean_batch_ms": mean_batch_ms}
 
     return {
-        "audio_s": round(audio_s, 1), "speed": speed, "wall_s": round(time.perf_counter() - t0, 1),
+        "audio_s": round(audio_s, 1), "speed": speed, "wall_s": round(wall_s, 1),
         "utterances_expected": len(texts), "finals": len(finals), "finals_with_text": len(latency),
         "errors": result.errors, "close_code": result.close_code,
         "wer": round(wer([" ".join(texts)], [result.text]), 4),

@@ -22,6 +22,7 @@ LATENCY_BUCKETS_S = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 BATCH_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 SESSION_SECONDS_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 14_400)
+LOOP_LAG_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -98,6 +99,9 @@ class ServerMetrics:
                                     ["kind"], buckets=BATCH_SIZE_BUCKETS, registry=r)
         self.batch_seconds = Histogram("asr_batch_seconds", "Compute time of one engine batch, by kind.",
                                        ["kind"], buckets=BATCH_SECONDS_BUCKETS, registry=r)
+        self.loop_lag = Histogram("asr_event_loop_lag_seconds", "How late the event loop ran a 20 ms timer "
+                                  "(a stall caused by the server's own work on the loop).",
+                                  buckets=LOOP_LAG_BUCKETS_S, registry=r)
         if model:
             Gauge("asr_model_info", "The served model (always 1).", ["model"], registry=r).labels(model).set(1)
         r.register(_EngineCollector(engine_pending, engine_busy_s, clock))
@@ -134,6 +138,10 @@ class ServerMetrics:
         """One engine batch; called from the inference worker thread (``engine.on_batch``)."""
         self.batch_size.labels(kind).observe(size)
         self.batch_seconds.labels(kind).observe(max(0.0, seconds))
+
+    def event_loop_lag(self, seconds: float) -> None:
+        """One measurement of the event loop's lag (see ``server.LoopLagMonitor``)."""
+        self.loop_lag.observe(max(0.0, seconds))
 
     # ---- scrape ----------------------------------------------------------------------------------
 

@@ -61,7 +61,6 @@ class StreamingServer:
         """Started sessions (admitted at their ``start``)."""
         self.pending: dict[str, _Connection] = {}
         """Connections that have not sent ``start`` yet, oldest first."""
-        self.loop_lag = LoopLagMonitor()
         self.draining = False
         self.started_at = time.time()
         self.sessions_total = 0
@@ -71,6 +70,7 @@ class StreamingServer:
         self.metrics = ServerMetrics(lambda: self.engine.pending, lambda: self.engine.stats.busy_s,
                                      model=backend.name)
         self.engine.on_batch = self.metrics.batch
+        self.loop_lag = LoopLagMonitor(observe=self.metrics.event_loop_lag)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -145,8 +145,10 @@ class StreamingServer:
         if include_load:
             facts.update({
                 "sessions": len(self.sessions), "sessions_total": self.sessions_total,
+                "connections_waiting_to_start": len(self.pending),
                 "engine": {"pending": self.engine.pending, "batches": self.engine.stats.batches,
                            "busy_s": round(self.engine.stats.busy_s, 2)},
+                "event_loop_lag_max_s": round(self.loop_lag.max_lag_s, 4),
                 "uptime_s": round(time.time() - self.started_at, 1), "draining": self.draining,
             })
         return facts
@@ -326,8 +328,11 @@ class _Connection:
                     break
                 self._frame_at = time.monotonic()
                 self.session.last_valid_message = None
+                samples_before = self.session.audio_samples
                 self.execute(await self._receive(frame))
                 self._run_deferred()
+                if self.session.audio_samples > samples_before:
+                    self.metrics.audio_in((self.session.audio_samples - samples_before) / 16_000)
                 if self.session.last_valid_message is not None:
                     alive_at = self._frame_at
                 if await self._pace():
@@ -448,7 +453,6 @@ class _Connection:
             if isinstance(action, Send):
                 self._enqueue(action.event)
             elif isinstance(action, FeedAudio):
-                self.metrics.audio_in(action.audio.size / 16_000)
                 self.engine.feed((sid, action.utterance_id), action.audio)
             elif isinstance(action, OpenUtterance):
                 key = (sid, action.utterance_id)
@@ -610,8 +614,9 @@ class LoopLagMonitor:
     server's own parsing, VAD or sending holding it up).
     """
 
-    def __init__(self, interval_s: float = 0.02) -> None:
+    def __init__(self, interval_s: float = 0.02, observe: Callable[[float], None] | None = None) -> None:
         self.interval_s = interval_s
+        self.observe = observe
         self.max_lag_s = 0.0
         self.last_lag_s = 0.0
         self._task: asyncio.Task | None = None
@@ -637,6 +642,8 @@ class LoopLagMonitor:
             await asyncio.sleep(self.interval_s)
             self.last_lag_s = max(0.0, loop.time() - t0 - self.interval_s)
             self.max_lag_s = max(self.max_lag_s, self.last_lag_s)
+            if self.observe is not None:
+                self.observe(self.last_lag_s)
 
 
 class BackgroundServer:

@@ -96,8 +96,11 @@ class Session:
     """One client stream; see the module docstring."""
 
     def __init__(self, session_id: str, config: Config, model: ModelInfo,
-                 classify: Callable[[np.ndarray], bool] | None = None) -> None:
+                 classify: Callable[[np.ndarray], bool] | None = None,
+                 admit: Callable[[], ProtocolError | None] | None = None) -> None:
         self.session_id = session_id
+        self._admit = admit
+        """Asked at ``start`` whether the server takes the session (an error refuses it)."""
         self.config = config
         self.model = model
         self.parser = Parser(config.server.max_message_bytes)
@@ -301,6 +304,9 @@ class Session:
             self.model.validate(self._utterance_options(session))
         except (ConfigError, OptionError) as exc:
             raise ProtocolError("invalid_option", str(exc)) from None
+        refusal = self._admit() if self._admit is not None else None
+        if refusal is not None:
+            raise refusal
         self.options, self.vad_options = session, vad
         self._decoder = PcmDecoder(message.encoding)
         self._resampler = Resampler(message.sample_rate)
