@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 
 import numpy as np
 import psutil
@@ -207,3 +208,70 @@ async def test_one_poisoned_utterance_fails_only_its_session(speech):
     for r in healthy:
         assert r.close_code == 1000 and not r.errors and len(r.finals) == 1
         assert r.finals[0]["text"].startswith("w0 w1")
+
+
+async def test_a_session_ends_at_its_maximum_duration_with_its_finals(speech):
+    with background_server(CountingBackend(), max_session_s=2.0) as handle:
+        async with websockets.connect(handle.url) as ws:
+            await ws.send(json.dumps({"type": "start"}))
+            await ws.send(float_to_pcm16(speech[: 16000 * 3]))   # speech still open at the limit
+            for _ in range(12):
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await ws.send(json.dumps({"type": "keepalive"}))
+                await asyncio.sleep(0.25)
+            events = await events_until_close(ws, timeout=10)
+    types = [e["type"] for e in events]
+    assert "final" in types and events[-1]["code"] == "session_too_long"
+    assert ws.close_code == 1008
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped():
+    with background_server(CountingBackend(), ping_interval_s=0.3, ping_timeout_s=0.3) as handle:
+        ws = await websockets.connect(handle.url, ping_interval=None)
+        await ws.send(json.dumps({"type": "start"}))
+        assert json.loads(await ws.recv())["type"] == "ready"
+        ws.transport.pause_reading()   # alive at TCP level, but never reads the server's pings
+        await wait_until(lambda: not handle.server.sessions, timeout=20)
+        ws.transport.abort()
+
+
+async def test_a_slow_reader_gets_coalesced_partials_and_every_final(speech):
+    """While a client takes no data, its unsent partials are replaced; every final still arrives."""
+    audio = np.concatenate([speech] * 3)
+
+    async def run(stall: bool) -> list[dict]:
+        with background_server(CountingBackend(), step_s=0.25) as handle:
+            async with websockets.connect(handle.url) as ws:
+                await ws.send(json.dumps({"type": "start", "step_s": 0.25}))
+                assert json.loads(await ws.recv())["type"] == "ready"
+                conn = next(iter(handle.server.sessions.values()))
+                gate = asyncio.Event()
+                if stall:
+                    # The server's writes to this client block (as when its socket buffers are full)
+                    # until the whole stream is in; kernel buffers would make this machine-dependent.
+                    real_send = conn.ws.send
+
+                    async def stalled_send(frame):
+                        await gate.wait()
+                        await real_send(frame)
+
+                    conn.ws.send = stalled_send
+                reader = asyncio.create_task(events_until_close(ws, timeout=60))
+                pcm = float_to_pcm16(audio)
+                for i in range(0, len(pcm), 6400):       # 0.2 s of audio every 50 ms: 4× real time
+                    await ws.send(pcm[i:i + 6400])
+                    await asyncio.sleep(0.05)
+                await ws.send(json.dumps({"type": "stop"}))
+                await asyncio.sleep(1.0)
+                handle.loop.call_soon_threadsafe(gate.set)
+                return await reader
+
+    prompt, slow = await run(stall=False), await run(stall=True)
+    for events in (prompt, slow):
+        finals = [e for e in events if e["type"] == "final"]
+        assert [f["utterance_id"] for f in finals] == [0, 1, 2] and events[-1]["type"] == "end"
+        assert all(f["text"].startswith("w0 w1 w2") for f in finals)
+        assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    n_prompt = sum(e["type"] == "partial" for e in prompt)
+    n_slow = sum(e["type"] == "partial" for e in slow)
+    assert n_slow < n_prompt / 2, (n_slow, n_prompt)   # unsent partials were replaced by newer ones

@@ -19,9 +19,10 @@ def drain(box: Outbox) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("puts, expected", [
     # A newer partial of the same utterance replaces the unsent one, in place.
     ([ev("partial", 0, "a"), ev("partial", 0, "ab"), ev("partial", 0, "abc")], [("partial", "abc")]),
-    # Partials of different utterances are kept apart; order is preserved.
-    ([ev("partial", 0, "a"), ev("speech_end", 0, "-"), ev("partial", 1, "b"), ev("partial", 0, "a2")],
-     [("partial", "a2"), ("speech_end", "-"), ("partial", "b")]),
+    # Partials of different utterances are kept apart; the newer one goes where it was queued,
+    # so events leave in the order (seq) they were made.
+    ([ev("partial", 0, "a"), ev("final", 9, "f"), ev("partial", 1, "b"), ev("partial", 0, "a2")],
+     [("final", "f"), ("partial", "b"), ("partial", "a2")]),
     # A final is never coalesced.
     ([ev("final", 0, "f0"), ev("final", 1, "f1")], [("final", "f0"), ("final", "f1")]),
 ])
@@ -64,3 +65,12 @@ def test_replacement_keeps_byte_count_right():
     box.put(ev("partial", 0, "a much longer partial"))
     assert box.bytes == len(ev("partial", 0, "a much longer partial").frame)
     assert box.replaced == 1
+
+
+def test_many_replacements_keep_the_queue_small():
+    box = Outbox(100, 1 << 20)
+    box.put(ev("final", 0, "f"))
+    for i in range(1000):
+        box.put(ev("partial", 1, f"p{i}"))
+    assert len(box._items) < 200 and len(box) == 2
+    assert drain(box) == [("final", "f"), ("partial", "p999")]
