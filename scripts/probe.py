@@ -200,8 +200,10 @@ async def probe_frames(server: ServerProcess, clips: dict) -> dict[str, Any]:
         before = server.info()["event_loop_lag_max_s"]
         async with websockets.connect(server.url, max_size=None) as ws:
             await ws.send(json.dumps({"type": "start"}))
-            for f in frames:
+            for i, f in enumerate(frames):
                 await ws.send(f)
+                if i % 64 == 0:
+                    await asyncio.sleep(0)  # let this client answer the server's pings
             await ws.send('{"type":"stop"}')
             async for _ in ws:
                 pass

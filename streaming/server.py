@@ -92,8 +92,9 @@ class StreamingServer:
             # The protocol's own limit sends an error event first; this is the hard stop.
             max_size=max(opts.max_message_bytes * 4, 1 << 16), ssl=ssl_context,
             # A small receive queue: frames waiting in it are memory too (backpressure stops reading).
-            ping_interval=opts.ping_interval_s, ping_timeout=opts.ping_timeout_s, max_queue=8,
-            close_timeout=opts.close_timeout_s)
+            # Keepalive pings are the connection's own (_Connection._keepalive): websockets' would
+            # drop a client whose pong waits behind audio the server chose not to read yet.
+            ping_interval=None, ping_timeout=None, max_queue=8, close_timeout=opts.close_timeout_s)
         self.loop_lag.start()
 
     @property
@@ -312,6 +313,9 @@ class _Connection:
         self._ended_at: dict[int, float] = {}
         self._first_partial_sent: set[int] = set()
         self._sender = asyncio.create_task(self._send_loop())
+        self._paused = False
+        """Not reading the socket on purpose (backpressure)."""
+        self._pinger = asyncio.create_task(self._keepalive()) if self.options.ping_interval_s > 0 else None
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -406,11 +410,12 @@ class _Connection:
         await asyncio.sleep(0)  # a flood of small frames must not starve the other sessions
         waited = False
         while not self.session.closed and self._over_backlog():
-            waited = True
+            waited = self._paused = True
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):  # re-check even if a result was lost with its session
                     await self._progress.wait()
+        self._paused = False
         return waited
 
     def _over_backlog(self) -> bool:
@@ -429,6 +434,39 @@ class _Connection:
             self.engine.discard(key)
         self._open_keys.clear()
         self._sender.cancel()
+        if self._pinger is not None:
+            self._pinger.cancel()
+
+    async def _keepalive(self) -> None:
+        """Ping every ``ping_interval_s``; a peer whose pong does not come within ``ping_timeout_s``
+        of reading time is dead and its connection aborted. While the server is not reading on
+        purpose (backpressure), the pong may be waiting behind audio, so that time does not count."""
+        loop = asyncio.get_running_loop()
+        timeout = self.options.ping_timeout_s
+        try:
+            while True:
+                await asyncio.sleep(self.options.ping_interval_s)
+                try:
+                    async with asyncio.timeout(timeout):
+                        pong = await self.ws.ping()
+                except TimeoutError:
+                    pong = None  # it does not even take the ping: dead (or not reading at all)
+                deadline = loop.time() + timeout
+                while pong is not None and not pong.done():
+                    if self._paused:
+                        deadline = loop.time() + timeout
+                    if loop.time() >= deadline:
+                        pong = None
+                        break
+                    await asyncio.wait({pong}, timeout=min(0.5, deadline - loop.time()))
+                if pong is None:
+                    log.warning("session %s: no pong within %g s; dropping the connection", self.session_id, timeout)
+                    self.outcome = "ping_timeout"
+                    self.close_reason = "no pong (dead peer)"
+                    self.ws.transport.abort()
+                    return
+        except (ConnectionClosed, asyncio.CancelledError):
+            return
 
     def refuse(self, error: ProtocolError) -> None:
         """End a connection that has not started (limits, shutdown, eviction)."""
