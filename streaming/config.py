@@ -144,6 +144,10 @@ class VadOptions:
     """Audio kept before the detected start so first words are not clipped."""
     max_utterance_s: float = 25.0
     """An utterance is cut at the quietest point near this length."""
+    speech_threshold: float = 0.5
+    """Silero VAD probability that confirms webrtcvad's voiced frames as speech; 0 = webrtcvad alone."""
+    speech_hold_ms: int = 600
+    """How long after Silero's last speech chunk webrtcvad's voiced frames still count as speech."""
 
 
 @dataclass

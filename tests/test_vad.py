@@ -122,3 +122,44 @@ def test_real_silence_and_faint_noise_give_no_utterance():
     assert run(ep, silence(5)) == []
     noisy = with_silence(np.zeros(0, np.float32), 0, 5, noise_dbfs=-60)
     assert run(Endpointer(VadOptions()), noisy) == []
+
+
+class Scripted:
+    """A StreamClassifier from two per-frame scripts over time: voiced(t) and confirmed(t)."""
+
+    def __init__(self, voiced, confirmed):
+        self.voiced, self.confirmed, self.frames = voiced, confirmed, 0
+
+    def classify_frames(self, frames, last_frame_samples=None):
+        t = (self.frames + np.arange(len(frames))) * FRAME / SR
+        self.frames += len(frames)
+        return np.array([self.voiced(x) for x in t]), np.array([self.confirmed(x) for x in t])
+
+
+@pytest.mark.parametrize("voiced, confirmed, expected", [
+    # webrtcvad voiced 1-3 s; confirmation at once: opens at the onset (minus 150 ms pre-roll).
+    ((1.0, 3.0), (1.0, 3.0), [(0.85, 3.0)]),
+    # Confirmation 0.4 s late: still starts at webrtcvad's onset.
+    ((1.0, 3.0), (1.4, 3.0), [(0.85, 3.0)]),
+    # Never confirmed (loud noise): nothing.
+    ((1.0, 3.0), (9.0, 9.0), []),
+    # Confirmation stops at 2 s while webrtcvad still says voiced (noise after speech): ends at 2 s.
+    ((1.0, 3.0), (1.0, 2.0), [(0.85, 2.0)]),
+])
+def test_confirmation_opens_and_holds_utterances(voiced, confirmed, expected):
+    inside = lambda span: (lambda t: span[0] <= t < span[1])  # noqa: E731
+    ep = Endpointer(VadOptions(), classify=Scripted(inside(voiced), inside(confirmed)))
+    events = run(ep, tone(8.0)) + ep.flush()
+    starts, ends = summarize(events)
+    got = [(s.start_sample / SR, e.end_sample / SR) for s, e in zip(starts, ends)]
+    assert len(got) == len(expected)
+    for (s0, e0), (x0, x1) in zip(got, expected):
+        assert abs(s0 - x0) <= 0.031 and abs(e0 - x1) <= 0.031, got
+
+
+def test_late_confirmation_starts_within_the_lookback():
+    """Confirmed 2.5 s after webrtcvad's onset: the start lies within pre-roll + window + look-back before it."""
+    inside = lambda span: (lambda t: span[0] <= t < span[1])  # noqa: E731
+    ep = Endpointer(VadOptions(), classify=Scripted(inside((1.0, 6.0)), inside((3.5, 6.0))))
+    starts, ends = summarize(run(ep, tone(8.0)) + ep.flush())
+    assert len(starts) == 1 and 3.5 - 0.15 - 0.3 - 1.0 - 0.031 <= starts[0].start_sample / SR < 3.5
