@@ -20,6 +20,7 @@ import websockets
 from streaming.audio import float_to_pcm16
 from streaming.evaluation import dev_clips
 from streaming.loadgen import stream_audio, with_silence
+from tests.chaos_clients import never_reads
 from tests.fakes import CountingBackend
 from tests.helpers import background_server
 
@@ -89,27 +90,25 @@ async def test_keepalive_keeps_a_session_and_noise_messages_do_not():
 
 
 async def test_a_client_that_never_reads_is_closed_and_its_memory_freed():
-    """It provokes large error events and never reads: closed within the send timeout, outbox bounded."""
+    """It provokes error events and never reads: closed as slow_client (not by a ping timeout),
+    with its outbox bounded all along, and the session released."""
     with background_server(CountingBackend(), send_timeout_s=1.0, close_timeout_s=1.0,
-                           send_queue_bytes=1 << 20) as handle:
-        ws = await websockets.connect(handle.url, max_queue=1, max_size=None)
-        await ws.send(json.dumps({"type": "start"}))
-        junk = json.dumps({"type": "x" * 200_000})
-        sent = 0
-        try:
-            async with asyncio.timeout(60):
-                while True:
-                    await ws.send(junk)  # each one answered with an error event nobody reads
-                    sent += 1
-                    conns = list(handle.server.sessions.values())
-                    assert all(c.outbox.bytes <= 1 << 20 for c in conns)
-        except websockets.ConnectionClosed:
-            pass
-        except TimeoutError:
-            pytest.fail("the server never closed a client that does not read")
+                           send_queue_bytes=1 << 20, ping_interval_s=600.0) as handle:
+        peak = [0]
+
+        async def watch():
+            while True:
+                for conn in list(handle.server.sessions.values()):
+                    peak[0] = max(peak[0], conn.outbox.bytes)
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        outcome = await never_reads(handle.url, "127.0.0.1", handle.server.port)
         await wait_until(lambda: not handle.server.sessions)
-        ws.transport.abort()
-        assert sent > 0
+        watcher.cancel()
+    assert not [e for e in outcome.events if e["type"] == "hang"], "the server never closed it"
+    assert handle.server.metrics.errors.labels("slow_client")._value.get() == 1
+    assert peak[0] <= 1 << 20
 
 
 async def test_a_flooding_client_does_not_delay_another_sessions_finals(speech):
