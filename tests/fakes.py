@@ -50,3 +50,20 @@ class CountingBackend(Backend):
         self.batches.append(("final", len(states)))
         time.sleep(self.delay_s)
         return [FinalResult(" ".join(st.words()), "en") for st in states]
+
+
+POISON = "poison"
+"""The ``context`` that marks an utterance whose final the stand-in fails (see :func:`poison_finals`)."""
+
+
+def poison_finals(backend: CountingBackend) -> CountingBackend:
+    """Make ``backend.finalize`` raise for any batch holding an utterance with ``context=POISON``."""
+    real = backend.finalize
+
+    def finalize(states: list[UtteranceState]) -> list[FinalResult]:
+        if any(st.options.context == POISON for st in states):
+            raise RuntimeError("poisoned utterance")
+        return real(states)
+
+    backend.finalize = finalize
+    return backend

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import Iterator
 from functools import lru_cache
+
+import websockets
 
 from streaming.config import Config
 from streaming.models.base import Backend
@@ -50,3 +54,22 @@ def background_server(backend: Backend | None = None, config: Config | None = No
     """Like :func:`running_server`, yielding the handle (``.url``, ``.server``)."""
     with BackgroundServer(backend or embedded_backend(), make_config(config, **overrides)) as handle:
         yield handle
+
+
+async def collect_until_close(ws, timeout: float = 30) -> list[dict]:
+    """Every JSON event a client receives until the server closes (or ``timeout``)."""
+    events = []
+    try:
+        async with asyncio.timeout(timeout):
+            async for frame in ws:
+                events.append(json.loads(frame))
+    except websockets.ConnectionClosed:
+        pass
+    return events
+
+
+async def wait_until(predicate, timeout: float = 30.0) -> None:
+    """Poll a condition on a server in another thread (its state has no event to wait on)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)

@@ -7,7 +7,7 @@ import pytest
 
 from streaming.engine import Engine, EngineClosed
 from streaming.models.base import UtteranceOptions
-from tests.fakes import CountingBackend
+from tests.fakes import POISON, CountingBackend, poison_finals
 
 SECOND = np.zeros(16000, np.float32)
 
@@ -115,17 +115,10 @@ async def test_backend_errors_reach_the_waiters(engine_factory):
 async def test_one_poisoned_utterance_fails_alone_in_its_batch(engine_factory):
     """A batch that raises is retried item by item: only the marked utterance fails."""
     engine, backend = engine_factory(max_batch=8, delay_s=0.0)
-    real_finalize = backend.finalize
-
-    def finalize(states):
-        if any(st.options.context == "poison" for st in states):
-            raise RuntimeError("poisoned input")
-        return real_finalize(states)
-
-    backend.finalize = finalize
+    poison_finals(backend)
     keys = [f"s{i}" for i in range(5)]
     for key in keys:
-        engine.open(key, UtteranceOptions(context="poison" if key == "s2" else None), group=key)
+        engine.open(key, UtteranceOptions(context=POISON if key == "s2" else None), group=key)
         engine.feed(key, SECOND)
     futures = [engine.request_final(key) for key in keys]
     outcomes = await asyncio.gather(*futures, return_exceptions=True)

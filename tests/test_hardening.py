@@ -21,31 +21,14 @@ from streaming.audio import float_to_pcm16
 from streaming.evaluation import dev_clips
 from streaming.loadgen import stream_audio, with_silence
 from tests.chaos_clients import never_reads
-from tests.fakes import CountingBackend
-from tests.helpers import background_server
+from tests.fakes import POISON, CountingBackend, poison_finals
+from tests.helpers import background_server, collect_until_close, wait_until
 
 
 @pytest.fixture(scope="module")
 def speech():
     clips = {c.id: c for c in dev_clips()}
     return with_silence(clips["lib_left"].load(), 0.5, 1.5)
-
-
-async def events_until_close(ws, timeout=30):
-    events = []
-    try:
-        async with asyncio.timeout(timeout):
-            async for frame in ws:
-                events.append(json.loads(frame))
-    except websockets.ConnectionClosed:
-        pass
-    return events
-
-
-async def wait_until(predicate, timeout=30.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
 
 
 async def test_sockets_that_never_start_lock_nobody_out(speech):
@@ -82,10 +65,10 @@ async def test_keepalive_keeps_a_session_and_noise_messages_do_not():
                 with contextlib.suppress(websockets.ConnectionClosed):
                     await chatty.send(json.dumps({"type": "noop"}))
                 await asyncio.sleep(0.25)
-            events = await events_until_close(chatty, timeout=10)
+            events = await collect_until_close(chatty, timeout=10)
             assert events[-1]["code"] == "idle_timeout" and chatty.close_code == 1008
             await alive.send(json.dumps({"type": "stop"}))
-            events = await events_until_close(alive, timeout=10)
+            events = await collect_until_close(alive, timeout=10)
             assert events[-1]["type"] == "end" and alive.close_code == 1000
 
 
@@ -173,7 +156,7 @@ async def test_floods_of_tiny_and_huge_frames_do_not_stall_the_event_loop(speech
                     if i % 64 == 0:
                         await asyncio.sleep(0)  # this client's loop also runs the other clients
                 await ws.send(json.dumps({"type": "stop"}))
-                return await events_until_close(ws, timeout=120)
+                return await collect_until_close(ws, timeout=120)
 
         handle.loop.call_soon_threadsafe(handle.server.loop_lag.reset)
         tiny_events, huge_events = await asyncio.gather(
@@ -189,18 +172,10 @@ async def test_floods_of_tiny_and_huge_frames_do_not_stall_the_event_loop(speech
 
 async def test_one_poisoned_utterance_fails_only_its_session(speech):
     """A backend that fails on one marked utterance inside a batch of healthy ones."""
-    backend = CountingBackend(delay_s=0.2)
-    real = backend.finalize
-
-    def finalize(states):
-        if any(st.options.context == "poison" for st in states):
-            raise RuntimeError("poisoned utterance")
-        return real(states)
-
-    backend.finalize = finalize
+    backend = poison_finals(CountingBackend(delay_s=0.2))
     with background_server(backend) as handle:
         results = await asyncio.gather(
-            stream_audio(handle.url, speech, speed=0, start_fields={"context": "poison"}),
+            stream_audio(handle.url, speech, speed=0, start_fields={"context": POISON}),
             *(stream_audio(handle.url, speech, speed=0) for _ in range(4)))
     poisoned, healthy = results[0], results[1:]
     assert [e["code"] for e in poisoned.errors] == ["internal_error"] and poisoned.close_code == 1011
@@ -218,7 +193,7 @@ async def test_a_session_ends_at_its_maximum_duration_with_its_finals(speech):
                 with contextlib.suppress(websockets.ConnectionClosed):
                     await ws.send(json.dumps({"type": "keepalive"}))
                 await asyncio.sleep(0.25)
-            events = await events_until_close(ws, timeout=10)
+            events = await collect_until_close(ws, timeout=10)
     types = [e["type"] for e in events]
     assert "final" in types and events[-1]["code"] == "session_too_long"
     assert ws.close_code == 1008
@@ -255,7 +230,7 @@ async def test_a_slow_reader_gets_coalesced_partials_and_every_final(speech):
                         await real_send(frame)
 
                     conn.ws.send = stalled_send
-                reader = asyncio.create_task(events_until_close(ws, timeout=60))
+                reader = asyncio.create_task(collect_until_close(ws, timeout=60))
                 pcm = float_to_pcm16(audio)
                 for i in range(0, len(pcm), 6400):       # 0.2 s of audio every 50 ms: 4× real time
                     await ws.send(pcm[i:i + 6400])

@@ -12,7 +12,7 @@ from streaming.audio import float_to_pcm16
 from streaming.evaluation import dev_clips
 from streaming.loadgen import stream_audio, with_silence
 from tests.fakes import CountingBackend
-from tests.helpers import background_server, running_server
+from tests.helpers import background_server, collect_until_close, running_server
 
 
 @pytest.fixture(scope="module")
@@ -23,17 +23,6 @@ def speech():
 
 async def recv_json(ws, timeout=10):
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def collect_until_close(ws, timeout=30):
-    events = []
-    try:
-        async with asyncio.timeout(timeout):
-            async for frame in ws:
-                events.append(json.loads(frame))
-    except websockets.ConnectionClosed:
-        pass
-    return events
 
 
 async def test_good_stream_json_and_msgpack(speech):
