@@ -243,7 +243,7 @@ class StreamingServer:
         # wait, the oldest is closed (a socket that never sends start cannot lock anyone out).
         self.pending[session_id] = conn
         if len(self.pending) > self.config.server.max_pending_connections:
-            oldest = next(iter(self.pending.values()))
+            oldest = self.pending.pop(next(iter(self.pending)))
             log.warning("session %s: too many connections waiting to start; closing the oldest", oldest.session_id)
             oldest.refuse(ProtocolError("idle_timeout", "too many connections waiting to start; send start at once"))
         log.debug("session %s: connection from %s (%d waiting to start)", session_id, peer, len(self.pending))
