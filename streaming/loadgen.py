@@ -61,7 +61,8 @@ async def stream_audio(url: str, audio: np.ndarray, sample_rate: int = 16_000, *
     def encode(msg: dict[str, Any]) -> str | bytes:
         return msgpack.packb(msg, use_bin_type=True) if use_msgpack else json.dumps(msg)
 
-    async with websockets.connect(url, max_size=None) as ws:
+    # A long pong timeout: pushed faster than real time, the server may leave this socket unread a while.
+    async with websockets.connect(url, max_size=None, ping_timeout=120) as ws:
         await ws.send(encode(start))
         ready = _decode(await asyncio.wait_for(ws.recv(), 30))
         if ready["type"] != "ready":
