@@ -4,10 +4,12 @@
     .venv/bin/python scripts/soak.py --minutes 2 --speed 2      # what CI runs (tests/test_soak.py)
     .venv/bin/python scripts/soak.py --minutes 10 --speed 0     # push 10 min as fast as possible
 
-Starts the server in-process on loopback with the embedded model, streams the
-English clips of ``dev-full.jsonl`` back to back (0.8 s of silence between
-clips) until ``--minutes`` of audio have gone in, and samples the process RSS
-every second. Reports, for the first and the last window of stream time
+Starts the server in-process on loopback with the embedded model and streams
+one *block* of English clips of ``dev-full.jsonl`` (back to back, 0.8 s of
+silence between them, as long as one window) again and again until
+``--minutes`` of audio have gone in, sampling the process RSS every second.
+The first and the last window hold the same audio, so they compare like for
+like. Reports, for the first and the last window of stream time
 (``--window-minutes``, default 5, or a third of the run when shorter; with
 ``--speed 0``, as fast as the server lets the client send, windows of wall
 time and no latency, since nothing is paced): RSS,
@@ -42,21 +44,22 @@ GAP_S = 0.8
 SAMPLE_RATE_HZ = 16_000
 
 
-def soak_audio(minutes: float) -> tuple[np.ndarray, list[str]]:
-    """English dev-full clips back to back (with gaps) until ``minutes`` of audio; and their texts."""
+def soak_audio(minutes: float, block_s: float) -> tuple[np.ndarray, list[str], float]:
+    """A block of English dev-full clips (with gaps) at least ``block_s`` long, repeated to at least
+    ``minutes`` of audio; the texts in order, and the block's length in seconds."""
     clips = [c for c in dev_clips(full=True) if c.language == "en"]
     gap = np.zeros(int(GAP_S * SAMPLE_RATE_HZ), np.float32)
-    parts, texts, total = [gap], [], gap.size
-    target = int(minutes * 60 * SAMPLE_RATE_HZ)
-    i = 0
-    while total < target:
-        clip = clips[i % len(clips)]
+    parts, texts, size = [], [], 0
+    for clip in clips:
+        if size >= block_s * SAMPLE_RATE_HZ:
+            break
         audio = clip.load()
-        parts += [audio, gap]
+        parts += [gap, audio]
         texts.append(clip.text)
-        total += audio.size + gap.size
-        i += 1
-    return np.concatenate(parts), texts
+        size += gap.size + audio.size
+    block = np.concatenate(parts)
+    repeats = max(2, int(np.ceil(minutes * 60 * SAMPLE_RATE_HZ / block.size)))
+    return np.tile(block, repeats), texts * repeats, block.size / SAMPLE_RATE_HZ
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -66,7 +69,9 @@ def percentile(values: list[float], q: float) -> float | None:
 async def run_soak(url: str, server: Any, minutes: float, speed: float,
                    window_minutes: float | None = None) -> dict[str, Any]:
     """Stream the soak audio into one session on ``url``; measure RSS and latency per window."""
-    audio, texts = soak_audio(minutes)
+    window_s = 60 * (window_minutes if window_minutes else min(5.0, minutes / 3))
+    audio, texts, block_s = soak_audio(minutes, window_s)
+    window_s = block_s  # windows are whole blocks: the same audio first and last
     proc = psutil.Process(os.getpid())
     samples: list[tuple[float, float]] = []  # (wall seconds since start, RSS MB)
     batches: list[tuple[float, int, float]] = []  # (wall, batches so far, busy seconds so far)
@@ -86,7 +91,6 @@ async def run_soak(url: str, server: Any, minutes: float, speed: float,
     finally:
         sampler.cancel()
     audio_s = audio.size / SAMPLE_RATE_HZ
-    window_s = 60 * (window_minutes if window_minutes else min(5.0, minutes / 3))
 
     wall_s = time.perf_counter() - t0
     # Windows in stream time; unpaced (speed 0), wall time stands in for it.
@@ -116,6 +120,8 @@ async def run_soak(url: str, server: Any, minutes: float, speed: float,
         "rss_mb_start": round(samples[0][1], 1) if samples else None,
         "rss_mb_end": round(samples[-1][1], 1) if samples else None,
         "rss_mb_max": round(max(m for _, m in samples), 1) if samples else None,
+        "rss_mb_by_block": [round(float(np.median([m for w, m in samples if i * block_s <= w * scale < (i + 1)
+                                                   * block_s] or [0.0])), 1) for i in range(round(audio_s / block_s))],
     }
 
 
