@@ -113,7 +113,7 @@ async def run_soak(url: str, server: Any, minutes: float, speed: float,
 
     return {
         "audio_s": round(audio_s, 1), "speed": speed, "wall_s": round(wall_s, 1),
-        "utterances_expected": len(texts), "finals": len(finals), "finals_with_text": len(latency),
+        "utterances_expected": len(texts), "finals": len(finals), "finals_with_text": sum(1 for _, e in finals if e["text"]),
         "errors": result.errors, "close_code": result.close_code,
         "wer": round(wer([" ".join(texts)], [result.text]), 4),
         "first_window": window(True), "last_window": window(False),
