@@ -22,7 +22,6 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-import websockets
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
@@ -629,10 +628,6 @@ class _Connection:
             pass
         finally:
             self._closed.set()
-
-
-def _response(status: int, content_type: str, body: bytes) -> Response:
-    return to_response(http.Reply(status, body, content_type))
 
 
 async def run_server(backend: Backend, config: Config, ready: asyncio.Future | None = None,
