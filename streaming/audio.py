@@ -12,7 +12,28 @@ import soxr
 from .protocol import ProtocolError
 
 TARGET_RATE_HZ = 16_000
-_BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4}
+_BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1, "alaw": 1}
+
+
+def _mulaw_table() -> np.ndarray:
+    """ITU-T G.711 µ-law: byte → linear value (16-bit scale), the standard expansion."""
+    u = ~np.arange(256, dtype=np.int32) & 0xFF
+    exponent = (u >> 4) & 0x07
+    magnitude = (((u & 0x0F) << 3) + 0x84) << exponent
+    return np.where(u & 0x80, 0x84 - magnitude, magnitude - 0x84).astype(np.float32)
+
+
+def _alaw_table() -> np.ndarray:
+    """ITU-T G.711 A-law: byte → linear value (16-bit scale), the standard expansion."""
+    a = np.arange(256, dtype=np.int32) ^ 0x55
+    exponent = (a >> 4) & 0x07
+    mantissa = a & 0x0F
+    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
+    return np.where(a & 0x80, magnitude, -magnitude).astype(np.float32)
+
+
+G711_TABLES = {"mulaw": _mulaw_table() / 32768.0, "alaw": _alaw_table() / 32768.0}
+"""Each G.711 byte's sample value in [-1, 1]."""
 
 
 class PcmDecoder:
@@ -39,7 +60,9 @@ class PcmDecoder:
         usable = len(buf) - len(buf) % self.sample_bytes
         self._pending = buf[usable:]
         if self.encoding == "pcm_s16le":
-            return np.frombuffer(buf, dtype="<i2", count=usable // 2).astype(np.float32) / 32768.0
+            return pcm16_to_float(buf[:usable])
+        if self.encoding in G711_TABLES:
+            return G711_TABLES[self.encoding][np.frombuffer(buf, dtype=np.uint8)]
         samples = np.frombuffer(buf, dtype="<f4", count=usable // 4).astype(np.float32)
         if samples.size and not np.isfinite(samples).all():
             raise ProtocolError("invalid_audio", "pcm_f32le audio contains NaN or infinite samples")
@@ -62,6 +85,13 @@ class Resampler:
         return self._stream.resample_chunk(samples.astype(np.float32, copy=False), last=last)
 
 
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    """Little-endian 16-bit PCM → float32 in [-1, 1) (divide by 32768: the one conversion everyone uses)."""
+    return np.frombuffer(data, dtype="<i2", count=len(data) // 2).astype(np.float32) / 32768.0
+
+
 def float_to_pcm16(samples: np.ndarray) -> bytes:
-    """Encode float32 samples in [-1, 1] as little-endian 16-bit PCM (clients and tests)."""
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    """Encode float32 samples in [-1, 1] as little-endian 16-bit PCM, rounding to the nearest step
+    (clients, tests and the browser's ``floatToPcm16`` all round the same way)."""
+    scaled = np.rint(np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0)
+    return scaled.astype("<i2").tobytes()

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import math
 import reprlib
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import msgpack
 
+from .events import Audio, Clear, Finalize, Keepalive, Start, Stop
+
 PROTOCOL_VERSION = 1
-ENCODINGS = ("pcm_s16le", "pcm_f32le")
+ENCODINGS = ("pcm_s16le", "pcm_f32le", "mulaw", "alaw")
+"""Audio encodings of ``start``: 16-bit or float PCM, or 8-bit G.711 µ-law / A-law (telephony)."""
 MIN_SAMPLE_RATE_HZ = 8_000
 MAX_SAMPLE_RATE_HZ = 48_000
 MAX_NESTING = 32
@@ -70,35 +72,7 @@ class ProtocolError(Exception):
         return ERROR_CODES[self.code][1]
 
 
-@dataclass(frozen=True)
-class Start:
-    sample_rate: int
-    encoding: str
-    options: dict[str, Any]
-    """Every other field of the message (session options, validated by the session)."""
-
-
-@dataclass(frozen=True)
-class Audio:
-    pcm: bytes
-
-
-@dataclass(frozen=True)
-class Finalize:
-    pass
-
-
-@dataclass(frozen=True)
-class Stop:
-    pass
-
-
-@dataclass(frozen=True)
-class Keepalive:
-    """The client is alive (the shell's idle timer restarts); nothing else happens."""
-
-
-ClientMessage = Start | Audio | Finalize | Stop | Keepalive
+ClientMessage = Start | Audio | Finalize | Clear | Stop | Keepalive
 
 
 class Parser:
@@ -214,6 +188,8 @@ def _message_from_map(obj: dict[str, Any]) -> ClientMessage:
         return Audio(bytes(pcm))
     if kind == "finalize":
         return Finalize()
+    if kind == "clear":
+        return Clear()
     if kind == "stop":
         return Stop()
     if kind == "keepalive":

@@ -13,65 +13,14 @@ on which backend they hold.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE_HZ = 16_000
-"""Every backend consumes mono float32 audio at this rate, in [-1, 1]."""
+from streaming.results import (SAMPLE_RATE_HZ, FinalResult, Hypothesis, OptionError, UtteranceOptions, Word,
+                               join_text)
 
-
-class OptionError(ValueError):
-    """A per-session option this backend cannot honour (e.g. an unknown language)."""
-
-
-@dataclass
-class UtteranceOptions:
-    """What a backend needs to know about the session an utterance belongs to."""
-
-    language: str | None = None
-    """ISO code such as ``"en"``; ``None`` lets a multilingual model detect it."""
-    window_s: int | None = None
-    """Encoder attention window in whole seconds (Qwen3-ASR: 1-8); ``None`` = backend default."""
-    context: str | None = None
-    """Optional hotwords/context text that biases decoding but never appears in the transcript."""
-    previous_text: str | None = None
-    """Final text of the previous utterance of the same session, usable as context."""
-
-
-@dataclass
-class Hypothesis:
-    """A partial result: the current best guess for an open utterance."""
-
-    stable_text: str
-    """Prefix that the stability policy will not change again within this utterance."""
-    unstable_text: str
-    """Tentative tail that may still change."""
-    language: str | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
-    """Backend-specific counters (e.g. encoder frames recomputed) for benchmarks and logs."""
-
-    @property
-    def text(self) -> str:
-        return join_text(self.stable_text, self.unstable_text)
-
-
-@dataclass
-class FinalResult:
-    """The final text of a closed utterance; never changed again."""
-
-    text: str
-    language: str | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
-def join_text(a: str, b: str) -> str:
-    """Join two text pieces with exactly one space where both are non-empty."""
-    a, b = a.strip(), b.strip()
-    if a and b:
-        return f"{a} {b}"
-    return a or b
+__all__ = ["SAMPLE_RATE_HZ", "Backend", "FinalResult", "Hypothesis", "OptionError", "UtteranceOptions",
+           "UtteranceState", "Word", "join_text"]
 
 
 class UtteranceState:
