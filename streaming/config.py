@@ -124,6 +124,8 @@ class SessionOptions:
     """Encoder attention window in seconds (models that support it)."""
     context: str | None = None
     """Hotwords/context text; biases decoding, never in the transcript."""
+    words: bool = False
+    """Word timings (start, end, probability) on every final."""
 
 
 @dataclass
@@ -140,6 +142,9 @@ class VadOptions:
     """Window over which ``speech_start_ms`` is counted."""
     endpoint_silence_ms: int = 600
     """Unvoiced audio that ends an utterance."""
+    endpointing: bool = True
+    """End utterances at pauses; false = manual mode, where only ``finalize``, ``stop`` and the
+    ``max_utterance_s`` cut end one."""
     preroll_ms: int = 150
     """Audio kept before the detected start so first words are not clipped."""
     max_utterance_s: float = 25.0
@@ -273,7 +278,11 @@ SESSION_FIELDS: dict[str, StartField] = {
     "step_s": StartField("session", "step_s", float, 0.25, 5.0),
     "window_s": StartField("session", "window_s", int, 1, 8, nullable=True),
     "context": StartField("session", "context", str, 0, MAX_CONTEXT_CHARS, nullable=True),
+    "words": StartField("session", "words", bool),
     "endpoint_silence_ms": StartField("vad", "endpoint_silence_ms", int, 100, 5000),
+    "endpointing": StartField("vad", "endpointing", bool),
+    "speech_threshold": StartField("vad", "speech_threshold", float, 0.1, 0.95),
+    "preroll_ms": StartField("vad", "preroll_ms", int, 0, 1000),
     "max_utterance_s": StartField("vad", "max_utterance_s", float, 2.0, 120.0),
     "vad_aggressiveness": StartField("vad", "aggressiveness", int, 0, 3),
 }

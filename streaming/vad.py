@@ -287,7 +287,7 @@ class Endpointer:
             self._last_voiced_end = self._position
         else:
             self._silence_frames += 1
-        if self._silence_frames * self.options.frame_ms >= self.options.endpoint_silence_ms:
+        if self.options.endpointing and self._silence_frames * self.options.frame_ms >= self.options.endpoint_silence_ms:
             events.extend(self._close("endpoint"))
         elif self._should_cut(energy, voiced):
             cut_at = self._position
