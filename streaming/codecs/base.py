@@ -60,6 +60,9 @@ class Codec(abc.ABC):
     name: str = "codec"
     path: str = ""
     """URL path this codec serves."""
+    idle_timeout_s: float | None = None
+    """Seconds without a valid message after which the session ends with ``idle_timeout``
+    (None = the server's ``idle_timeout_s``)."""
 
     def __init__(self, session_id: str, model: str, handshake: Handshake) -> None:
         self.session_id = session_id
@@ -88,8 +91,3 @@ class Codec(abc.ABC):
     def close_frame(self, code: int, reason: str, error: Error | None) -> tuple[int, str]:
         """The WebSocket close (code, reason) for a session close; ``error`` is the fatal one, if any."""
         return code, reason
-
-    @property
-    def wants_words(self) -> bool:
-        """Whether this protocol needs word timings on every final (not only when asked)."""
-        return False
