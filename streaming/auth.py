@@ -32,6 +32,8 @@ SUBPROTOCOL = "streaming-asr"
 """The subprotocol a browser offers beside its key (and the one the server selects)."""
 BEARER_PREFIXES = ("authorization.bearer.", "openai-insecure-api-key.")
 """Subprotocol prefixes that carry a key: ours first, then OpenAI Realtime's."""
+DEEPGRAM_TOKEN_PROTOCOL = "token"
+"""Deepgram's browser convention: subprotocols ``token, <key>`` (the server answers ``token``)."""
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 _TOKEN_RE = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
@@ -155,12 +157,15 @@ def extract_token(headers: Mapping[str, str] | object, query: str) -> tuple[str 
     """(token, where it came from: ``header``, ``subprotocol``, ``query`` or ``none``)."""
     auth = (headers.get("Authorization") or "").strip()
     scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
+    if scheme.lower() in ("bearer", "token") and value.strip():  # Token: Deepgram's scheme
         return value.strip(), "header"
-    for proto in offered_subprotocols(headers):
+    offered = offered_subprotocols(headers)
+    for proto in offered:
         for prefix in BEARER_PREFIXES:
             if proto.lower().startswith(prefix) and len(proto) > len(prefix):
                 return proto[len(prefix):], "subprotocol"
+    if len(offered) == 2 and offered[0].lower() == DEEPGRAM_TOKEN_PROTOCOL:
+        return offered[1], "subprotocol"  # a browser's Deepgram client offers "token, <key>"
     tokens = parse_qs(query, keep_blank_values=False).get("token")
     if tokens:
         return tokens[0], "query"
@@ -174,6 +179,8 @@ def select_subprotocol(offered: Sequence[str]) -> str | None:
     (OpenAI clients offer ``realtime``); the key itself only when it was offered
     alone, because a browser fails a handshake that selects none of its offers.
     """
+    if len(offered) == 2 and offered[0].lower() == DEEPGRAM_TOKEN_PROTOCOL:
+        return offered[0]
     keyed = [p for p in offered if p.lower().startswith(BEARER_PREFIXES)]
     plain = [p for p in offered if p not in keyed]
     if SUBPROTOCOL in plain:

@@ -18,7 +18,9 @@ MAX_TARGET_BYTES = 2048
 MAX_SEGMENT_BYTES = 255
 ALLOWED_METHODS = ("GET", "HEAD")
 STREAM_PATH = "/v1/stream"
-ENDPOINTS = {STREAM_PATH: "stream", "/healthz": "healthz", "/readyz": "readyz", "/v1/info": "info",
+STREAM_PATHS = (STREAM_PATH, "/v1/realtime", "/v1/listen")
+"""WebSocket paths: protocol v1, OpenAI Realtime, Deepgram live (``streaming.codecs`` picks the codec)."""
+ENDPOINTS = {**dict.fromkeys(STREAM_PATHS, "stream"), "/healthz": "healthz", "/readyz": "readyz", "/v1/info": "info",
              "/metrics": "metrics"}
 INDEX_PATHS = ("/", "/overlay", "/index.html")
 
@@ -91,7 +93,7 @@ def route(method: str, target: str, headers: Mapping[str, str]) -> Route | Reply
     endpoint = ENDPOINTS.get(path)
     if endpoint == "stream":
         if head or (headers.get("Upgrade") or "").lower() != "websocket":
-            return text_reply(426, f"use a WebSocket client for {STREAM_PATH}", headers=(("Upgrade", "websocket"),))
+            return text_reply(426, f"use a WebSocket client for {path}", headers=(("Upgrade", "websocket"),))
         return Route("stream", query)
     if endpoint is not None:
         return Route(endpoint, query, head=head)

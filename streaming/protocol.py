@@ -37,6 +37,7 @@ ERROR_CODES: dict[str, tuple[bool, int | None]] = {
     "unknown_message": (False, None),
     "already_started": (False, None),
     "partial_sample": (False, None),
+    "invalid_update": (False, None),
     "audio_before_start": (True, 1008),
     "unsupported_encoding": (True, 1003),
     "unsupported_sample_rate": (True, 1003),
@@ -51,6 +52,28 @@ ERROR_CODES: dict[str, tuple[bool, int | None]] = {
     "shutting_down": (True, 1001),
     "internal_error": (True, 1011),
 }
+
+
+RETRYABLE_CODES = frozenset({"too_many_sessions", "overloaded", "shutting_down", "idle_timeout", "slow_client",
+                             "internal_error"})
+"""Fatal errors after which a new connection may succeed (clients reconnect); any other fatal error is the
+client's to fix. Clients and the browser read these from ``/v1/info`` (:func:`protocol_facts`)."""
+
+
+def protocol_facts() -> dict[str, Any]:
+    """The wire facts clients need, as ``/v1/info`` publishes them (one source for every client)."""
+    return {"version": PROTOCOL_VERSION, "encodings": list(ENCODINGS), "min_sample_rate_hz": MIN_SAMPLE_RATE_HZ,
+            "max_sample_rate_hz": MAX_SAMPLE_RATE_HZ, "retryable_codes": sorted(RETRYABLE_CODES),
+            "error_codes": {code: {"fatal": fatal, "retryable": code in RETRYABLE_CODES}
+                            for code, (fatal, _close) in ERROR_CODES.items()}}
+
+
+def check_frame_size(frame: str | bytes, limit: int) -> None:
+    """Refuse a frame over ``limit`` bytes with ``message_too_large`` (every protocol's rule)."""
+    # surrogatepass: a str holding a lone surrogate is measured here and refused as bad_message later.
+    size = len(frame.encode("utf-8", "surrogatepass")) if isinstance(frame, str) else len(frame)
+    if size > limit:
+        raise ProtocolError("message_too_large", f"frame of {size} bytes is over the limit of {limit}")
 
 
 class ProtocolError(Exception):
@@ -83,11 +106,7 @@ class Parser:
         self.wire: Wire | None = None
 
     def parse(self, frame: str | bytes) -> ClientMessage:
-        # surrogatepass: a str holding a lone surrogate is measured here and refused as bad_message below.
-        size = len(frame.encode("utf-8", "surrogatepass")) if isinstance(frame, str) else len(frame)
-        if size > self.max_message_bytes:
-            raise ProtocolError("message_too_large",
-                                f"frame of {size} bytes is over the limit of {self.max_message_bytes}")
+        check_frame_size(frame, self.max_message_bytes)
         if self.wire is None:
             return self._parse_first(frame)
         if self.wire is Wire.JSON:
@@ -201,17 +220,23 @@ def _parse_start(obj: dict[str, Any]) -> Start:
     rate = obj.get("sample_rate", 16_000)
     if isinstance(rate, float) and rate.is_integer():
         rate = int(rate)
-    if not isinstance(rate, int) or isinstance(rate, bool):
-        raise ProtocolError("unsupported_sample_rate", f"sample_rate must be an integer, got {shown(rate)}")
-    if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
-        raise ProtocolError("unsupported_sample_rate",
-                            f"sample_rate {rate} is outside {MIN_SAMPLE_RATE_HZ}-{MAX_SAMPLE_RATE_HZ} Hz")
     encoding = obj.get("encoding", "pcm_s16le")
-    if not isinstance(encoding, str) or encoding not in ENCODINGS:
-        raise ProtocolError("unsupported_encoding",
-                            f"encoding {shown(encoding)} is not supported (use one of {', '.join(ENCODINGS)})")
+    problem = format_error(rate, encoding)
+    if problem is not None:
+        raise ProtocolError(*problem)
     options = {k: v for k, v in obj.items() if k not in ("type", "sample_rate", "encoding")}
     return Start(rate, encoding, options)
+
+
+def format_error(rate: Any, encoding: Any) -> tuple[str, str] | None:
+    """(code, message) when a sample rate or encoding cannot be served, else None (every protocol's rule)."""
+    if not isinstance(rate, int) or isinstance(rate, bool):
+        return "unsupported_sample_rate", f"sample_rate must be an integer, got {shown(rate)}"
+    if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
+        return "unsupported_sample_rate", f"sample_rate {rate} is outside {MIN_SAMPLE_RATE_HZ}-{MAX_SAMPLE_RATE_HZ} Hz"
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
+        return "unsupported_encoding", f"encoding {shown(encoding)} is not supported (use one of {', '.join(ENCODINGS)})"
+    return None
 
 
 def encode_event(event: dict[str, Any], wire: Wire | None) -> str | bytes:

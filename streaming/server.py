@@ -34,10 +34,14 @@ from .evaluation import REPO_ROOT
 from .handshake import HttpServerConnection, to_response
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServerMetrics
-from .models.base import Backend, FinalResult
+from . import events as ev
+from .codecs import Codec, Handshake, HandshakeRefused, codec_for_path
+from .link import Link, LinkAction, Send
+from .models.base import Backend
 from .outbox import Outbox, Outgoing
-from .protocol import PROTOCOL_VERSION, ProtocolError, encode_event
-from .session import (Action, Close, FeedAudio, ModelInfo, OpenUtterance, RequestFinal, RequestPartial, Send,
+from .protocol import PROTOCOL_VERSION, ProtocolError, protocol_facts
+from .results import FinalResult
+from .session import (Close, DiscardUtterance, FeedAudio, ModelInfo, OpenUtterance, RequestFinal, RequestPartial,
                       Session)
 
 log = logging.getLogger("streaming.server")
@@ -138,7 +142,7 @@ class StreamingServer:
         """Model facts for anyone; load figures (sessions, engine) only when ``include_load``."""
         cfg = self.config
         facts: dict[str, Any] = {
-            "model": self.backend.name, "protocol": PROTOCOL_VERSION, "multilingual": self.backend.multilingual,
+            "model": self.backend.name, "protocol": protocol_facts(), "multilingual": self.backend.multilingual,
             "supports_window": self.backend.supports_window, "max_utterance_s": self.backend.max_utterance_s,
             "defaults": {"language": cfg.session.language, "step_s": cfg.session.step_s,
                          "window_s": cfg.session.window_s, "endpoint_silence_ms": cfg.vad.endpoint_silence_ms},
@@ -179,6 +183,14 @@ class StreamingServer:
         authorized = key is not None or not self.keyring.enabled
         endpoint = decision.endpoint
         if endpoint == "stream":
+            path = request.path.partition("?")[0]
+            handshake = Handshake(path, decision.query, request.headers)
+            try:
+                codec_for_path(path).check_handshake(handshake)
+            except HandshakeRefused as exc:
+                log.warning("refused %s: %s", path, exc.message)
+                return self._reply(decision, http.text_reply(exc.status, exc.message))
+            connection.handshake = handshake
             held = self._sessions_of(key.id) if key is not None else 0
             refusal = auth.authorize_session(self.keyring, key, token is not None, held)
             if refusal is not None:
@@ -296,7 +308,11 @@ class _Connection:
         self.options = server.config.server
         self.principal: str | None = getattr(ws, "principal", None)
         """The API key id the handshake authenticated (None without auth)."""
+        handshake: Handshake = getattr(ws, "handshake", None) or Handshake(STREAM_PATH)
+        codec: Codec = codec_for_path(handshake.path)(session_id, server.backend.name, handshake)
         self.session = Session(session_id, server.config, server.model_info, admit=lambda: server._admit(self))
+        self.link = Link(codec, self.session, self.options.max_message_bytes)
+        self.idle_timeout_s = codec.idle_timeout_s or self.options.idle_timeout_s
         self.engine = server.engine
         self.metrics = server.metrics
         self.outbox = Outbox(self.options.send_queue_events, self.options.send_queue_bytes)
@@ -312,7 +328,7 @@ class _Connection:
         self._open_keys: set[tuple[str, int]] = set()
         self._frame_at = self.opened_at
         self._in_thread = False
-        self._deferred: list[Callable[[], list[Action] | None]] = []
+        self._deferred: list[Callable[[], list[LinkAction] | None]] = []
         """When the frame being handled arrived (latency metrics are measured from there)."""
         self._started_at: dict[int, float] = {}
         self._ended_at: dict[int, float] = {}
@@ -327,6 +343,7 @@ class _Connection:
     async def run(self) -> None:
         alive_at = self.opened_at
         try:
+            self.execute(self.link.open())
             while not self.session.closed:
                 deadline, error = self._deadline(alive_at)
                 try:
@@ -336,13 +353,12 @@ class _Connection:
                     self.fail(error)
                     break
                 self._frame_at = time.monotonic()
-                self.session.last_valid_message = None
                 samples_before = self.session.audio_samples
                 self.execute(await self._receive(frame))
                 self._run_deferred()
                 if self.session.audio_samples > samples_before:
                     self.metrics.audio_in((self.session.audio_samples - samples_before) / 16_000)
-                if self.session.last_valid_message is not None:
+                if self.link.last_valid_message is not None:
                     alive_at = self._frame_at
                 if await self._pace():
                     alive_at = max(alive_at, time.monotonic())
@@ -354,7 +370,7 @@ class _Connection:
                 self._closed.set()
         await self.finished()
 
-    async def _receive(self, frame: str | bytes) -> list[Action]:
+    async def _receive(self, frame: str | bytes) -> list[LinkAction]:
         """The session's handling of one frame; a large frame is handled in a thread.
 
         Decoding, resampling and voice activity detection of one 1 MiB frame (32 s of
@@ -364,14 +380,14 @@ class _Connection:
         by one thread at a time.
         """
         if len(frame) < _OFFLOAD_FRAME_BYTES:
-            return self.session.receive(frame)
+            return self.link.receive(frame)
         self._in_thread = True
         try:
-            return await asyncio.to_thread(self.session.receive, frame)
+            return await asyncio.to_thread(self.link.receive, frame)
         finally:
             self._in_thread = False
 
-    def _session_call(self, call: Callable[[], list[Action] | None]) -> None:
+    def _session_call(self, call: Callable[[], list[LinkAction] | None]) -> None:
         """Run a session method now and carry out its actions, or after the frame being handled in a thread."""
         if self._in_thread:
             self._deferred.append(call)
@@ -384,7 +400,7 @@ class _Connection:
 
     def fail(self, error: ProtocolError) -> None:
         """End the session with ``error`` (its speech so far still gets its finals)."""
-        self._session_call(lambda: self.session.fail(error))
+        self._session_call(lambda: self.link.fail(error))
 
     def _deadline(self, alive_at: float) -> tuple[float | None, ProtocolError]:
         """When the next read gives up, and with which error."""
@@ -397,13 +413,13 @@ class _Connection:
                 "idle_timeout", f"no start message within {opts.start_timeout_s:g} s")
         if state != "streaming":
             return None, ProtocolError("idle_timeout", "")  # draining: wait for the finals
-        idle_end = alive_at + opts.idle_timeout_s
+        idle_end = alive_at + self.idle_timeout_s
         session_end = self.opened_at + opts.max_session_s
         if session_end <= idle_end:
             return to_loop(session_end), ProtocolError(
                 "session_too_long", f"the session reached the maximum duration of {opts.max_session_s:g} s")
         return to_loop(idle_end), ProtocolError(
-            "idle_timeout", f"no audio or keepalive for {opts.idle_timeout_s:g} s")
+            "idle_timeout", f"no audio or keepalive for {self.idle_timeout_s:g} s")
 
     async def _pace(self) -> bool:
         """Yield to other sessions, then wait while this session's engine backlog is over its bounds.
@@ -490,11 +506,11 @@ class _Connection:
 
     # ---- actions -------------------------------------------------------------------------------
 
-    def execute(self, actions: list[Action]) -> None:
+    def execute(self, actions: list[LinkAction]) -> None:
         sid = self.session_id
         for action in actions:
             if isinstance(action, Send):
-                self._enqueue(action.event)
+                self._enqueue(action)
             elif isinstance(action, FeedAudio):
                 self.engine.feed((sid, action.utterance_id), action.audio)
             elif isinstance(action, OpenUtterance):
@@ -507,6 +523,10 @@ class _Connection:
             elif isinstance(action, RequestFinal):
                 future = self.engine.request_final((sid, action.utterance_id))
                 future.add_done_callback(lambda f, u=action.utterance_id: self._on_final(u, f))
+            elif isinstance(action, DiscardUtterance):
+                key = (sid, action.utterance_id)
+                self._open_keys.discard(key)
+                self.engine.discard(key)
             elif isinstance(action, Close):
                 self.close_reason = f"{action.code} {action.reason}"
                 self.outcome = "completed" if action.code == 1000 else action.reason
@@ -520,7 +540,7 @@ class _Connection:
         if future.exception() is not None:
             self._internal_error(future.exception())
             return
-        self._session_call(lambda: self.session.partial_ready(utterance_id, future.result()))
+        self._session_call(lambda: self.link.partial_ready(utterance_id, future.result()))
 
     def _on_final(self, utterance_id: int, future: asyncio.Future) -> None:
         self._progress.set()
@@ -534,9 +554,9 @@ class _Connection:
             # The session ends with internal_error; the utterance is still owed, so it is answered
             # empty and the finals before it still go out, in order, before the error.
             self._internal_error(exc)
-            self._session_call(lambda: self.session.final_ready(utterance_id, FinalResult(text="", language=None)))
+            self._session_call(lambda: self.link.final_ready(utterance_id, FinalResult(text="", language=None)))
             return
-        self._session_call(lambda: self.session.final_ready(utterance_id, future.result()))
+        self._session_call(lambda: self.link.final_ready(utterance_id, future.result()))
 
     def _internal_error(self, exc: BaseException) -> None:
         log.error("session %s: engine error: %r", self.session_id, exc)
@@ -544,24 +564,28 @@ class _Connection:
 
     # ---- sending -------------------------------------------------------------------------------
 
-    def _enqueue(self, event: dict[str, Any]) -> None:
+    def _enqueue(self, send: Send) -> None:
         if self._closing is not None and self._closing.reason == "slow_client":
             return
-        kind = event["type"]
-        uid = event.get("utterance_id")
+        event, frame = send.event, send.frame
         meta: dict[str, Any] = {}
-        if kind == "speech_start":
-            self._started_at[uid] = self._frame_at
-        elif kind == "speech_end":
-            self._ended_at[uid] = self._frame_at
-        elif kind == "partial" and uid not in self._first_partial_sent and uid in self._started_at:
-            meta["first_partial_from"] = self._started_at[uid]
-        elif kind == "final":
-            meta["final_from"] = self._ended_at.pop(uid, None)
-            self._started_at.pop(uid, None)
-        elif kind == "error":
-            self.metrics.error(event["code"])
-        if self.outbox.put(Outgoing(encode_event(event, self.session.wire), kind, uid, meta)):
+        if isinstance(event, ev.SpeechStarted):
+            self._started_at[event.utterance_id] = self._frame_at
+        elif isinstance(event, ev.SpeechEnded):
+            self._ended_at[event.utterance_id] = self._frame_at
+        elif (isinstance(event, ev.Partial) and event.utterance_id not in self._first_partial_sent
+              and event.utterance_id in self._started_at):
+            meta["first_partial_from"] = self._started_at[event.utterance_id]
+        elif isinstance(event, ev.Final):
+            meta["final_from"] = self._ended_at.pop(event.utterance_id, None)
+            self._started_at.pop(event.utterance_id, None)
+        elif isinstance(event, ev.Error):
+            self.metrics.error(event.code)
+        # Only a frame the codec marks "partial" may be replaced by a newer one while both wait
+        # (full-text partials); append-only deltas of a partial never are.
+        kind = "final" if isinstance(event, ev.Final) and frame.kind != "partial" else frame.kind
+        uid = frame.utterance_id if frame.utterance_id is not None else getattr(event, "utterance_id", None)
+        if self.outbox.put(Outgoing(frame.data, kind, uid, meta)):
             self._wake.set()
             return
         self._slow_client(f"{len(self.outbox)} events ({self.outbox.bytes} bytes) unsent")
@@ -570,7 +594,7 @@ class _Connection:
         """A client that does not read: close it now, aborting the transport if it will not take the close."""
         log.warning("session %s: client reads too slowly (%s); closing", self.session_id, why)
         self.metrics.error("slow_client")
-        self._session_call(self.session.abandon)
+        self._session_call(self.link.abandon)
         self.outbox.clear()
         self.close_reason = "1008 slow_client"
         self.outcome = "slow_client"
@@ -607,7 +631,7 @@ class _Connection:
 
     def _sent(self, item: Outgoing) -> None:
         now = time.monotonic()
-        if item.kind == "partial" and "first_partial_from" in item.meta:
+        if "first_partial_from" in item.meta:
             self._first_partial_sent.add(item.utterance_id)
             self.metrics.first_partial_latency(now - item.meta["first_partial_from"])
         elif item.kind == "final":

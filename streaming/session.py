@@ -1,8 +1,9 @@
-"""The per-connection stream state machine, sans I/O.
+"""The per-connection stream state machine, sans I/O and wire-free.
 
-A :class:`Session` takes received frames and engine results and returns
-*actions* for the shell to carry out: events to send, utterance work for the
-engine, and when to close. States: ``awaiting_start`` → ``streaming`` →
+A :class:`Session` takes typed commands (:mod:`streaming.events`) and engine
+results and returns *actions* for the shell to carry out: typed events to send
+(a codec turns them into one protocol's frames), utterance work for the engine,
+and when to close. States: ``awaiting_start`` → ``streaming`` →
 (``stop`` or a fatal error) ``draining`` → ``closed``. While draining, the
 speech received so far is still decoded and its finals sent before ``end`` (or
 the fatal ``error``), so nothing the client sent is lost.
@@ -22,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from . import events as ev
 from .audio import PcmDecoder, Resampler
 from .config import Config, ConfigError, SessionOptions, VadOptions, apply_session_fields, copy_options
-from .models.base import FinalResult, Hypothesis, OptionError, UtteranceOptions
-from .protocol import (PROTOCOL_VERSION, Audio, Finalize, Keepalive, Parser, ProtocolError, Start, Stop, Wire,
-                       round_time)
+from .protocol import ProtocolError, format_error, round_time
+from .results import FinalResult, Hypothesis, OptionError, UtteranceOptions, Word
 from .vad import SAMPLE_RATE_HZ, Endpointer, UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent
 
 log = logging.getLogger("streaming.session")
@@ -35,8 +36,10 @@ log = logging.getLogger("streaming.session")
 # ---- actions ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Send:
-    event: dict[str, Any]
+class Emit:
+    """Tell the client ``event`` (the shell's codec turns it into frames)."""
+
+    event: ev.Event
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,19 @@ class RequestFinal:
     utterance_id: int
 
 
-Action = Send | Close | OpenUtterance | FeedAudio | RequestPartial | RequestFinal
+@dataclass(frozen=True)
+class DiscardUtterance:
+    """The utterance was cleared: the engine drops its state and pending work."""
+
+    utterance_id: int
+
+
+Action = Emit | Close | OpenUtterance | FeedAudio | RequestPartial | RequestFinal | DiscardUtterance
+
+_END_REASONS = {"forced": "finalize"}
+"""Endpointer reasons as events name them (others keep theirs: endpoint, max_length, stream_end)."""
+LIVE_VAD_FIELDS = ("endpoint_silence_ms", "endpointing", "max_utterance_s")
+"""VAD options a :class:`~streaming.events.Configure` may change after audio has arrived."""
 
 
 @dataclass
@@ -87,6 +102,8 @@ class _Utterance:
     samples: int = 0
     samples_at_last_request: int = 0
     end_sample: int | None = None
+    end_reason: str = "endpoint"
+    word_timestamps: bool = False
     partial_in_flight: bool = False
     partial_wanted: bool = False
     last_partial_text: str | None = None
@@ -103,13 +120,12 @@ class Session:
         """Asked at ``start`` whether the server takes the session (an error refuses it)."""
         self.config = config
         self.model = model
-        self.parser = Parser(config.server.max_message_bytes)
         self.state = "awaiting_start"
         self.options: SessionOptions | None = None
         self.vad_options: VadOptions | None = None
         self._classify = classify
-        self._seq = 0
-        """``seq`` of the next event."""
+        self._format: tuple[int, str] | None = None
+        """(sample rate, encoding) of the started stream."""
         self._out: list[Action] = []
         """Actions emitted by the input being handled, handed out by :meth:`_guarded`."""
         self._decoder: PcmDecoder | None = None
@@ -126,8 +142,8 @@ class Session:
         """An internal error happened: the endpointer's state is not trusted again."""
         self._stopping = False
         self.last_valid_message: str | None = None
-        """Type of the message the latest :meth:`receive` handled without error (``"audio"``,
-        ``"keepalive"``…), None when that frame was refused or ignored; the shell restarts its idle
+        """Kind of the command the latest :meth:`handle` applied without error (``"audio"``,
+        ``"keepalive"``…), None when it was refused or ignored; the shell restarts its idle
         timer only on a valid message."""
         self.audio_samples = 0
         """16 kHz samples received so far."""
@@ -136,19 +152,15 @@ class Session:
     # ---- inputs -------------------------------------------------------------------------------
 
     @property
-    def wire(self) -> Wire | None:
-        return self.parser.wire
-
-    @property
     def closed(self) -> bool:
         return self.state == "closed"
 
-    def receive(self, frame: str | bytes) -> list[Action]:
-        """Handle one received WebSocket frame; never raises."""
+    def handle(self, command: ev.Command) -> list[Action]:
+        """Apply one client command; never raises."""
         self.last_valid_message = None
         if self.state in ("draining", "closed"):
             return []
-        return self._guarded("handling a frame", self._receive, frame)
+        return self._guarded(f"handling {type(command).__name__.lower()}", self._command, command)
 
     def fail(self, error: ProtocolError) -> list[Action]:
         """A client fault or a server-side reason to end (idle, shutdown, internal error); never raises."""
@@ -184,19 +196,21 @@ class Session:
         # that fails half-way still hands out everything it did before (no lost speech_start, no seq gap).
         self._out.append(action)
 
-    def _event(self, kind: str, **fields: Any) -> None:
-        self._emit(Send({"type": kind, "seq": self._seq, **fields}))
-        self._seq += 1
+    def _event(self, event: ev.Event) -> None:
+        self._emit(Emit(event))
 
     def _close(self, error: ProtocolError | None) -> None:
         self.state = "closed"
         if error is None:
-            self._event("end", utterances=self.utterance_count,
-                        audio_s=round_time(self.audio_samples / SAMPLE_RATE_HZ))
+            self._event(ev.Ended(self.utterance_count, self._time(self.audio_samples)))
             self._emit(Close(1000, "end of stream"))
         else:
-            self._event("error", code=error.code, message=error.message, fatal=True)
+            self._event(ev.Error(error.code, error.message, fatal=True))
             self._emit(Close(error.close_code or 1011, error.code))
+
+    @staticmethod
+    def _time(samples: int) -> float:
+        return round_time(samples / SAMPLE_RATE_HZ)
 
     def _internal_error(self, during: str) -> None:
         """An unexpected exception (a bug): log it, then end with ``internal_error`` after the owed finals.
@@ -220,33 +234,37 @@ class Session:
 
     # ---- inputs → state changes ---------------------------------------------------------------------
 
-    def _receive(self, frame: str | bytes) -> None:
+    def _command(self, command: ev.Command) -> None:
         try:
-            self._handle(self.parser.parse(frame))
+            self._apply(command)
         except ProtocolError as exc:
             self._fail(exc)
 
-    def _handle(self, message: Start | Audio | Finalize | Stop | Keepalive) -> None:
-        kind = type(message).__name__.lower()
-        if isinstance(message, Start):
-            self._start(message)
+    def _apply(self, command: ev.Command) -> None:
+        kind = type(command).__name__.lower()
+        if isinstance(command, ev.Start):
+            self._start(command)
         elif self.state == "awaiting_start":
             raise ProtocolError("audio_before_start", f"{kind} before start")
-        elif isinstance(message, Audio):
-            self._audio(message.pcm)
-        elif isinstance(message, Finalize):
-            self._vad_events(self._endpointer.force_end())
-        elif isinstance(message, Stop):
+        elif isinstance(command, ev.Audio):
+            self._audio(command.pcm)
+        elif isinstance(command, ev.Configure):
+            self._configure(command.options)
+        elif isinstance(command, ev.Finalize):
+            self._finalize()
+        elif isinstance(command, ev.Clear):
+            self._clear()
+        elif isinstance(command, ev.Stop):
             self._stop()
-        elif not isinstance(message, Keepalive):  # a keepalive changes nothing
-            raise AssertionError(message)
+        elif not isinstance(command, ev.Keepalive):  # a keepalive changes nothing
+            raise AssertionError(command)
         self.last_valid_message = kind
 
     def _fail(self, error: ProtocolError) -> None:
         if self.state == "closed":
             return
         if not error.fatal:
-            self._event("error", code=error.code, message=error.message, fatal=False)
+            self._event(ev.Error(error.code, error.message, fatal=False))
         elif self.state == "awaiting_start":
             self._close(error)
         elif self.state != "draining":
@@ -267,10 +285,8 @@ class Session:
             text = hypothesis.text
             if text and text != utt.last_partial_text:
                 utt.last_partial_text = text
-                self._event(
-                    "partial", utterance_id=utterance_id, text=text, stable_text=hypothesis.stable_text.strip(),
-                    start_s=round_time(utt.start_sample / SAMPLE_RATE_HZ),
-                    end_s=round_time((utt.start_sample + utt.samples) / SAMPLE_RATE_HZ))
+                self._event(ev.Partial(utterance_id, text, hypothesis.stable_text.strip(),
+                                       self._time(utt.start_sample), self._time(utt.start_sample + utt.samples)))
         if is_open and utt.partial_wanted:
             self._request_partial(utt)
 
@@ -285,39 +301,95 @@ class Session:
             text = res.text.strip()
             if text:
                 self._previous_text = text
-            self._event("final", utterance_id=uid, text=text, language=res.language,
-                        start_s=round_time(utt.start_sample / SAMPLE_RATE_HZ),
-                        end_s=round_time((utt.end_sample or utt.start_sample) / SAMPLE_RATE_HZ))
+            start_s, end_s = self._time(utt.start_sample), self._time(utt.end_sample or utt.start_sample)
+            words, timing = (self._words(res, text, start_s, end_s) if utt.word_timestamps else (None, None))
+            self._event(ev.Final(uid, text, res.language, start_s, end_s, utt.end_reason, words, timing))
         self._maybe_finish()
+
+    @staticmethod
+    def _words(result: FinalResult, text: str, start_s: float, end_s: float) -> tuple[tuple[Word, ...], str]:
+        """The final's words in stream time; a backend that gave none gets an even estimate, said so."""
+        if result.words is not None or not text:
+            words = [w.shifted(start_s) for w in result.words or ()]
+            return tuple(Word(w.word, round_time(w.start_s), round_time(w.end_s), round(w.probability, 4))
+                         for w in words), result.word_timing or "backend"
+        return estimate_words(text, start_s, end_s), "estimated: utterance span split by character length"
 
     # ---- message handlers -----------------------------------------------------------------------
 
-    def _start(self, message: Start) -> None:
+    def _start(self, message: ev.Start) -> None:
         if self.state != "awaiting_start":
             raise ProtocolError("already_started", "the session has already started; a second start is ignored")
+        problem = format_error(message.sample_rate, message.encoding)
+        if problem is not None:
+            raise ProtocolError(*problem)
         session, vad = copy_options(self.config)
         try:
-            apply_session_fields(session, vad, message.options)
-            if session.window_s is not None and not self.model.supports_window and "window_s" in message.options:
-                raise ConfigError(f"model {self.model.name} has no attention window: window_s is not supported")
-            vad = dataclasses.replace(vad, max_utterance_s=min(vad.max_utterance_s, self.model.max_utterance_s))
-            self.model.validate(self._utterance_options(session))
+            session, vad = self._checked_options(session, vad, message.options)
         except (ConfigError, OptionError) as exc:
             raise ProtocolError("invalid_option", str(exc)) from None
         refusal = self._admit() if self._admit is not None else None
         if refusal is not None:
             raise refusal
         self.options, self.vad_options = session, vad
-        self._decoder = PcmDecoder(message.encoding)
-        self._resampler = Resampler(message.sample_rate)
+        self._set_format(message.sample_rate, message.encoding)
         self._endpointer = Endpointer(vad, classify=self._classify)
         self.state = "streaming"
-        effective = dataclasses.asdict(session) | {
-            "endpoint_silence_ms": vad.endpoint_silence_ms, "max_utterance_s": vad.max_utterance_s,
-            "vad_aggressiveness": vad.aggressiveness, "sample_rate": message.sample_rate,
-            "encoding": message.encoding}
-        self._event("ready", session_id=self.session_id, model=self.model.name,
-                    protocol=PROTOCOL_VERSION, options=effective)
+        self._event(ev.Ready(self.session_id, self.model.name, self._effective()))
+
+    def _checked_options(self, session: SessionOptions, vad: VadOptions,
+                         fields: dict[str, Any]) -> tuple[SessionOptions, VadOptions]:
+        """Copies of ``session``/``vad`` with ``fields`` applied and checked against the model."""
+        session, vad = dataclasses.replace(session), dataclasses.replace(vad)
+        apply_session_fields(session, vad, fields)
+        if session.window_s is not None and not self.model.supports_window and "window_s" in fields:
+            raise ConfigError(f"model {self.model.name} has no attention window: window_s is not supported")
+        vad = dataclasses.replace(vad, max_utterance_s=min(vad.max_utterance_s, self.model.max_utterance_s))
+        self.model.validate(self._utterance_options(session))
+        return session, vad
+
+    def _set_format(self, sample_rate: int, encoding: str) -> None:
+        self._format = (sample_rate, encoding)
+        self._decoder = PcmDecoder(encoding)
+        self._resampler = Resampler(sample_rate)
+
+    def _effective(self) -> dict[str, Any]:
+        session, vad = self.options, self.vad_options
+        return dataclasses.asdict(session) | {
+            "endpoint_silence_ms": vad.endpoint_silence_ms, "endpointing": vad.endpointing,
+            "max_utterance_s": vad.max_utterance_s, "vad_aggressiveness": vad.aggressiveness,
+            "speech_threshold": vad.speech_threshold, "preroll_ms": vad.preroll_ms,
+            "sample_rate": self._format[0], "encoding": self._format[1]}
+
+    def _configure(self, fields: dict[str, Any]) -> None:
+        """Change options mid-stream (from the next utterance on); a refused change keeps the old ones.
+
+        Before any audio everything may change, the audio format too; afterwards only the
+        options the endpointer reads live (:data:`LIVE_VAD_FIELDS`) and the session's own.
+        """
+        fields = dict(fields)
+        rate, encoding = fields.pop("sample_rate", self._format[0]), fields.pop("encoding", self._format[1])
+        fresh = self.audio_samples == 0 and not self._decoder.pending_bytes
+        if (rate, encoding) != self._format:
+            problem = format_error(rate, encoding) if fresh else (
+                "invalid_update", "the audio format cannot change after audio has arrived")
+            if problem is not None:
+                raise ProtocolError("invalid_update", problem[1])
+        try:
+            session, vad = self._checked_options(self.options, self.vad_options, fields)
+        except (ConfigError, OptionError) as exc:
+            raise ProtocolError("invalid_update", str(exc)) from None
+        changed = [f.name for f in dataclasses.fields(vad) if getattr(vad, f.name) != getattr(self.vad_options, f.name)]
+        if not fresh and any(name not in LIVE_VAD_FIELDS for name in changed):
+            fixed = ", ".join(name for name in changed if name not in LIVE_VAD_FIELDS)
+            raise ProtocolError("invalid_update", f"{fixed} cannot change after audio has arrived")
+        self.options, self.vad_options = session, vad
+        if fresh:
+            self._set_format(rate, encoding)
+            self._endpointer = Endpointer(vad, classify=self._classify)
+        else:
+            self._endpointer.options = vad
+        self._event(ev.Configured(self._effective()))
 
     def _audio(self, pcm: bytes) -> None:
         samples = self._decoder.decode(pcm)
@@ -327,11 +399,27 @@ class Session:
         self.audio_samples += samples.size
         self._vad_events(self._endpointer.feed(samples))
 
+    def _finalize(self) -> None:
+        events = self._endpointer.force_end()
+        self._vad_events(events)
+        if not any(isinstance(event, UtteranceEnded) for event in events):
+            self._event(ev.Finalized(self._time(self.audio_samples)))  # nothing was open: say so
+
+    def _clear(self) -> None:
+        """Drop the open utterance: the engine forgets it, no final is owed for it."""
+        utt = self._open
+        self._endpointer.clear()
+        if utt is not None:
+            self._open = None
+            self._utterances.pop(utt.utterance_id, None)
+            self._emit(DiscardUtterance(utt.utterance_id))
+        self._event(ev.Cleared(utt.utterance_id if utt else None, self._time(self.audio_samples)))
+
     def _stop(self) -> None:
         if self._decoder.pending_bytes:
-            self._event(
-                "error", code="partial_sample", fatal=False,
-                message=f"stop arrived {self._decoder.pending_bytes} byte(s) into a sample; they were dropped")
+            self._event(ev.Error(
+                "partial_sample", f"stop arrived {self._decoder.pending_bytes} byte(s) into a sample; they were dropped",
+                fatal=False))
         self._samples(self._resampler.process(np.zeros(0, dtype=np.float32), last=True))
         self._stopping = True
         self._begin_drain()
@@ -358,25 +446,24 @@ class Session:
     # ---- VAD events → actions -----------------------------------------------------------------
 
     def _vad_events(self, events: list[VadEvent]) -> None:
-        for ev in events:
-            if isinstance(ev, UtteranceStarted):
-                utt = _Utterance(ev.utterance_id, ev.start_sample)
+        for event in events:
+            if isinstance(event, UtteranceStarted):
+                utt = _Utterance(event.utterance_id, event.start_sample, word_timestamps=self.options.words)
                 self._open = utt
                 self._utterances[utt.utterance_id] = utt
                 self.utterance_count += 1
-                self._event("speech_start", utterance_id=utt.utterance_id,
-                            start_s=round_time(ev.start_sample / SAMPLE_RATE_HZ))
+                self._event(ev.SpeechStarted(utt.utterance_id, self._time(event.start_sample)))
                 self._emit(OpenUtterance(utt.utterance_id, self._utterance_options(self.options)))
-                self._feed(utt, ev.audio)
-            elif isinstance(ev, UtteranceAudio):
-                self._feed(self._utterances[ev.utterance_id], ev.audio)
-            elif isinstance(ev, UtteranceEnded):
-                utt = self._utterances[ev.utterance_id]
-                utt.end_sample = ev.end_sample
+                self._feed(utt, event.audio)
+            elif isinstance(event, UtteranceAudio):
+                self._feed(self._utterances[event.utterance_id], event.audio)
+            elif isinstance(event, UtteranceEnded):
+                utt = self._utterances[event.utterance_id]
+                utt.end_sample = event.end_sample
+                utt.end_reason = _END_REASONS.get(event.reason, event.reason)
                 self._open = None
                 self._awaiting_final.append(utt.utterance_id)
-                self._event("speech_end", utterance_id=utt.utterance_id,
-                            end_s=round_time(ev.end_sample / SAMPLE_RATE_HZ))
+                self._event(ev.SpeechEnded(utt.utterance_id, self._time(event.end_sample), utt.end_reason))
                 self._emit(RequestFinal(utt.utterance_id))
 
     def _feed(self, utt: _Utterance, audio: np.ndarray) -> None:
@@ -402,5 +489,18 @@ class Session:
         self._emit(RequestPartial(utt.utterance_id))
 
     def _utterance_options(self, session: SessionOptions) -> UtteranceOptions:
-        return UtteranceOptions(language=session.language, window_s=session.window_s,
-                                context=session.context, previous_text=self._previous_text)
+        return UtteranceOptions(language=session.language, window_s=session.window_s, context=session.context,
+                                previous_text=self._previous_text, word_timestamps=session.words)
+
+
+def estimate_words(text: str, start_s: float, end_s: float) -> tuple[Word, ...]:
+    """Words of ``text`` spread over [start_s, end_s] in proportion to their length (no alignment known)."""
+    words = text.split()
+    total = sum(len(w) for w in words) or 1
+    span = max(0.0, end_s - start_s)
+    out, at = [], start_s
+    for w in words:
+        step = span * len(w) / total
+        out.append(Word(w, round_time(at), round_time(at + step), 0.0))
+        at += step
+    return tuple(out)

@@ -222,6 +222,16 @@ class Endpointer:
         """End the open utterance now (client ``finalize``); pending partial frame included."""
         return self._drain_partial_frame() + self._close("forced", include_tail=True)
 
+    def clear(self) -> None:
+        """Forget the open utterance (client ``clear``); the stream position keeps counting, so later
+        times stay stream times. Less than a frame of unclassified audio stays for the next frame."""
+        self._open_id = None
+        self._pending_start = None
+        self._silence_frames = 0
+        self._energies = []
+        self._recent.clear()
+        self._preroll.clear()
+
     def flush(self) -> list[VadEvent]:
         """End of stream: classify the incomplete last frame, close any open utterance."""
         return self._drain_partial_frame() + self._close("stream_end", include_tail=True)

@@ -18,8 +18,9 @@ from streaming.config import SESSION_FIELDS, Config
 from streaming.models.base import FinalResult, Hypothesis
 from streaming.protocol import (ERROR_CODES, Audio, Finalize, Keepalive, Parser, ProtocolError, Start, Stop, Wire,
                                 encode_event)
-from streaming.session import (Action, Close, FeedAudio, ModelInfo, OpenUtterance, RequestFinal, RequestPartial,
-                               Send, Session)
+from streaming.session import Action, Close, FeedAudio, ModelInfo, OpenUtterance, RequestFinal, RequestPartial
+from tests.v1_link import Send
+from tests.v1_link import V1Session as Session
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 PARSER_CODES = {"bad_message", "unknown_message", "audio_before_start", "unsupported_encoding",

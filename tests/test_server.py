@@ -127,7 +127,7 @@ async def test_http_endpoints_and_demo(tmp_path):
 
         status, kind, body = await asyncio.to_thread(get, "/v1/info")
         info = json.loads(body)
-        assert status == 200 and info["model"] == "counting" and info["protocol"] == 1
+        assert status == 200 and info["model"] == "counting" and info["protocol"]["version"] == 1
         assert "window_s" in info["start_fields"]
         assert (await asyncio.to_thread(get, "/healthz"))[0] == 200
         assert (await asyncio.to_thread(get, "/../pyproject.toml"))[0] == 404

@@ -11,8 +11,9 @@ from streaming.audio import float_to_pcm16
 from streaming.config import SESSION_FIELDS, Config
 from streaming.models.base import FinalResult
 from streaming.protocol import ProtocolError
-from streaming.session import (Close, FeedAudio, ModelInfo, OpenUtterance, RequestFinal, RequestPartial, Send,
-                               Session)
+from streaming.session import Close, FeedAudio, ModelInfo, OpenUtterance, RequestFinal, RequestPartial
+from tests.v1_link import Send
+from tests.v1_link import V1Session as Session
 from tests.fakes import CountingBackend
 
 SR = 16000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from .. import events as ev
@@ -13,9 +14,9 @@ class V1Codec(Codec):
     name = "v1"
     path = "/v1/stream"
 
-    def __init__(self, session_id: str, model: str, handshake: Handshake, max_message_bytes: int = 1 << 20) -> None:
+    def __init__(self, session_id: str, model: str, handshake: Handshake) -> None:
         super().__init__(session_id, model, handshake)
-        self.parser = Parser(max_message_bytes)
+        self.parser = Parser(max_message_bytes=sys.maxsize)  # the link checks frame sizes for every protocol
         self._seq = 0
 
     def decode(self, frame: str | bytes) -> list[ev.Command | Frame]:
