@@ -27,10 +27,14 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .models.base import Backend, UtteranceOptions, UtteranceState
+from .results import UtteranceOptions
+
+if TYPE_CHECKING:  # the engine holds a backend, it never imports one: the server hands it over
+    from .models.base import Backend, UtteranceState
 
 log = logging.getLogger("streaming.engine")
 

@@ -20,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -37,12 +37,14 @@ from .metrics import ServerMetrics
 from . import events as ev
 from .codecs import Codec, Handshake, HandshakeRefused, codec_for_path
 from .link import Link, LinkAction, Send
-from .models.base import Backend
 from .outbox import Outbox, Outgoing
 from .protocol import PROTOCOL_VERSION, ProtocolError, protocol_facts
 from .results import FinalResult
 from .session import (Close, DiscardUtterance, FeedAudio, ModelInfo, OpenUtterance, RequestFinal, RequestPartial,
                       Session)
+
+if TYPE_CHECKING:
+    from .models.base import Backend
 
 log = logging.getLogger("streaming.server")
 _OFFLOAD_FRAME_BYTES = 32 * 1024

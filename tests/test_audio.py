@@ -52,3 +52,24 @@ def test_streaming_resampler_matches_tone_and_length(rate):
 def test_identity_at_16k():
     x = np.ones(10, np.float32)
     assert Resampler(16000).process(x) is x or np.array_equal(Resampler(16000).process(x), x)
+
+
+@pytest.mark.parametrize("encoding", ["mulaw", "alaw"])
+def test_g711_expansion_matches_pythons_own_table(encoding):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop  # Python 3.11's G.711 codec: an independent reference
+    every_byte = bytes(range(256))
+    expand = audioop.ulaw2lin if encoding == "mulaw" else audioop.alaw2lin
+    reference = np.frombuffer(expand(every_byte, 2), dtype="<i2").astype(np.float32) / 32768.0
+    decoder = PcmDecoder(encoding)
+    assert np.array_equal(decoder.decode(every_byte), reference)
+    assert decoder.pending_bytes == 0
+
+
+def test_pcm16_round_trip_rounds_to_the_nearest_step():
+    samples = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 1.5, 1 / 32767 * 0.6], dtype=np.float32)
+    pcm = np.frombuffer(float_to_pcm16(samples), dtype="<i2")
+    assert pcm.tolist() == [0, 16384, -16384, 32767, -32767, 32767, 1]

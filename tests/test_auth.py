@@ -44,6 +44,12 @@ TOKENS = [
     ({"Authorization": f"Bearer {KEY}", "Sec-WebSocket-Protocol": f"authorization.bearer.{OTHER}"},
      f"token={OTHER}", (KEY, "header")),
     ({"Sec-WebSocket-Protocol": f"authorization.bearer.{KEY}"}, f"token={OTHER}", (KEY, "subprotocol")),
+    # Deepgram: the Token scheme, and a browser's subprotocols "token, <key>"
+    ({"Authorization": f"Token {KEY}"}, "", (KEY, "header")),
+    ({"Authorization": f"token {KEY}"}, "", (KEY, "header")),
+    ({"Sec-WebSocket-Protocol": f"token, {KEY}"}, "", (KEY, "subprotocol")),
+    ({"Sec-WebSocket-Protocol": "token"}, "", (None, "none")),
+    ({"Authorization": "Token "}, "", (None, "none")),
 ]
 
 
@@ -66,6 +72,7 @@ SUBPROTOCOLS = [
     ([f"authorization.bearer.{KEY}", "streaming-asr"], "streaming-asr"),
     (["realtime", f"openai-insecure-api-key.{KEY}", "openai-beta.realtime-v1"], "realtime"),
     ([f"authorization.bearer.{KEY}"], f"authorization.bearer.{KEY}"),  # alone: a browser needs an answer
+    (["token", KEY], "token"),  # Deepgram's browser convention: answer "token", never the key
 ]
 
 
