@@ -6,12 +6,15 @@ PORT ?= 8765
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-fast bench
+.PHONY: setup setup-serve serve test test-fast bench
 
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh test
 
-serve: setup
+setup-serve:
+	@bash scripts/setup.sh serve
+
+serve: setup-serve
 	.venv/bin/python -m streaming serve --host $(HOST) --port $(PORT) $(ARGS)
 
 test: setup

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Idempotent set-up: system packages (when root and missing), .venv/, and the
-# project installed into it with its test extras. Called by `make serve` and
-# `make test`; safe to run again (it only does what is missing).
+# Idempotent set-up of .venv/. `scripts/setup.sh serve` (what `make serve` runs) installs only what
+# serving needs; `scripts/setup.sh test` (what `make test` runs) adds the test, benchmark and client
+# extras and the system packages the tests drive (chromium, PortAudio). Safe to run again: it only
+# does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode="${1:-test}"
+case "$mode" in
+  serve) extras=""; system=(libsndfile1) ;;
+  test)  extras="[test]"; system=(libsndfile1 libportaudio2 chromium) ;;
+  *) echo "usage: scripts/setup.sh [serve|test]" >&2; exit 2 ;;
+esac
 
 need_apt=()
-[ -x /usr/bin/chromium ] || need_apt+=(chromium)
-ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need_apt+=(libportaudio2)
-ldconfig -p 2>/dev/null | grep -q libsndfile.so.1 || need_apt+=(libsndfile1)
+for pkg in "${system[@]}"; do
+  case "$pkg" in
+    chromium) [ -x /usr/bin/chromium ] || need_apt+=(chromium) ;;
+    libportaudio2) ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need_apt+=(libportaudio2) ;;
+    libsndfile1) ldconfig -p 2>/dev/null | grep -q libsndfile.so.1 || need_apt+=(libsndfile1) ;;
+  esac
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing system packages: ${need_apt[*]}"
@@ -19,11 +30,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-stamp=.venv/.installed
+stamp=".venv/.installed-$mode"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   [ -x .venv/bin/python ] || { echo "setup: creating .venv"; python3 -m venv .venv; }
-  echo "setup: installing the project into .venv (first time takes a few minutes)"
+  echo "setup: installing the project${extras} into .venv (first time takes a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e ".${extras}"
   touch "$stamp"
+  # a test install holds everything a serve install does
+  [ "$mode" = test ] && touch .venv/.installed-serve
 fi
