@@ -1,8 +1,9 @@
-"""Pieces shared by the clients: wire codec, caption state, terminal display,
-reconnect backoff, the replay buffer and client-side latency.
+"""Pieces shared by the clients: caption state, terminal display, reconnect
+backoff, the replay buffer, client-side latency and ``/v1/info``.
 
 Everything but :class:`TerminalDisplay` and :func:`fetch_info` is pure (no
 sockets, files or clocks of its own), so it is unit-tested with plain values.
+The wire codec and the typed events are in :mod:`client.events`.
 """
 
 from __future__ import annotations
@@ -20,70 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import numpy as np
+import numpy.typing as npt
+
+from .events import Final, Partial, StreamEvent
 
 DEFAULT_URL = "ws://127.0.0.1:8765/v1/stream"
 
-RETRYABLE_ERROR_CODES = frozenset({"too_many_sessions", "shutting_down", "idle_timeout", "slow_client",
-                                   "internal_error"})
-"""Fatal server errors after which a new connection may succeed; any other fatal error stops the client."""
-
-
 class ClientError(Exception):
     """A problem the user must fix (bad option, unsupported feature); reconnecting will not help."""
-
-
-# --- wire codec -------------------------------------------------------------
-
-
-class Codec:
-    """Encodes client messages and decodes server events, in JSON or msgpack mode (protocol v1)."""
-
-    def __init__(self, use_msgpack: bool = False) -> None:
-        self.use_msgpack = use_msgpack
-
-    def control(self, message: dict[str, Any]) -> str | bytes:
-        if self.use_msgpack:
-            import msgpack
-
-            return msgpack.packb(message, use_bin_type=True)
-        return json.dumps(message)
-
-    def audio(self, pcm: bytes) -> bytes:
-        if self.use_msgpack:
-            import msgpack
-
-            return msgpack.packb({"type": "audio", "pcm": pcm}, use_bin_type=True)
-        return pcm
-
-    def event(self, frame: str | bytes) -> dict[str, Any]:
-        if isinstance(frame, bytes):
-            import msgpack
-
-            event = msgpack.unpackb(frame, raw=False)
-        else:
-            event = json.loads(frame)
-        if not isinstance(event, dict) or "type" not in event:
-            raise ValueError(f"server sent a frame that is not an event: {frame!r:.200}")
-        return event
-
-
-def start_message(sample_rate_hz: int, *, language: str | None = None, window_s: int | None = None,
-                  partials: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``start`` message; optional fields are only sent when set, so server defaults apply."""
-    message: dict[str, Any] = {"type": "start", "sample_rate": int(sample_rate_hz), "encoding": "pcm_s16le",
-                               "partials": partials}
-    if language is not None:
-        message["language"] = language
-    if window_s is not None:
-        message["window_s"] = window_s
-    message.update(extra or {})
-    return message
-
-
-def to_pcm_s16le(samples: np.ndarray) -> bytes:
-    """Float samples in [-1, 1] (clipped) as little-endian int16 bytes."""
-    scaled = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0
-    return np.round(scaled).astype("<i2").tobytes()
 
 
 # --- /v1/info ----------------------------------------------------------------
@@ -138,14 +83,13 @@ class CaptionState:
     finals: list[str] = field(default_factory=list)
     partial: str = ""
 
-    def apply(self, event: dict[str, Any]) -> CaptionUpdate:
-        kind = event.get("type")
+    def apply(self, event: StreamEvent) -> CaptionUpdate:
         update = CaptionUpdate(partial=self.partial)
-        if kind == "partial":
-            self.partial = str(event.get("text", "")).strip()
+        if isinstance(event, Partial):
+            self.partial = event.text.strip()
             update.changed = True
-        elif kind == "final":
-            text = str(event.get("text", "")).strip()
+        elif isinstance(event, Final):
+            text = event.text.strip()
             self.partial = ""
             if text:
                 self.finals.append(text)
@@ -243,9 +187,11 @@ class ReplayBuffer:
     finals, so there is nothing to acknowledge them).
     """
 
-    def __init__(self, max_unsent: int, max_replay: int) -> None:
+    def __init__(self, max_unsent: int, max_replay: int, dtype: npt.DTypeLike = np.float32) -> None:
         self.max_unsent = max_unsent
         self.max_replay = max_replay
+        self.dtype = np.dtype(dtype)
+        """Sample type of the blocks (float32 samples, or the encoded samples of a wire encoding)."""
         self._blocks: deque[np.ndarray] = deque()
         self.acked_pos = 0
         self.sent_pos = 0
@@ -258,7 +204,7 @@ class ReplayBuffer:
         return self.captured_pos - self.sent_pos
 
     def append(self, block: np.ndarray) -> None:
-        self._blocks.append(np.asarray(block, dtype=np.float32))
+        self._blocks.append(np.asarray(block, dtype=self.dtype))
         self.captured_pos += len(block)
         if self.unsent > self.max_unsent:
             lost = self.unsent - self.max_unsent
@@ -308,7 +254,7 @@ class ReplayBuffer:
             pos += len(block)
             if pos >= stop:
                 break
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
 
 
 # --- latency -------------------------------------------------------------------
@@ -334,7 +280,7 @@ class LatencyTracker:
         self.sample_rate_hz = sample_rate_hz
         self._ends: list[int] = []
         self._times: list[float] = []
-        self._seen_partial: set[tuple[int, int]] = set()
+        self._seen_partial: set[int] = set()
         self.first_partial_s: list[float] = []
         self.final_s: list[float] = []
 
@@ -350,18 +296,17 @@ class LatencyTracker:
         # The block ending at _ends[i] was captured at _times[i]; earlier samples of it earlier.
         return self._times[i] - (self._ends[i] - position) / self.sample_rate_hz
 
-    def on_event(self, event: dict[str, Any], base_pos: int, connection: int, now_s: float) -> float | None:
-        """Record the latency an event shows (``base_pos``: position of the connection's first sample)."""
-        kind = event.get("type")
-        key = (connection, int(event.get("utterance_id", -1)))
-        if kind == "partial" and key not in self._seen_partial:
-            self._seen_partial.add(key)
-            t = self.capture_time(base_pos + round(float(event["start_s"]) * self.sample_rate_hz))
+    def on_event(self, event: StreamEvent, now_s: float) -> float | None:
+        """Record the latency an event shows (its times are positions in the whole captured stream)."""
+        rate = self.sample_rate_hz
+        if isinstance(event, Partial) and event.utterance_id not in self._seen_partial:
+            self._seen_partial.add(event.utterance_id)
+            t = self.capture_time(round(event.start_s * rate))
             if t is not None:
                 self.first_partial_s.append(now_s - t)
                 return self.first_partial_s[-1]
-        elif kind == "final":
-            t = self.capture_time(base_pos + round(float(event["end_s"]) * self.sample_rate_hz) - 1)
+        elif isinstance(event, Final):
+            t = self.capture_time(round(event.end_s * rate) - 1)
             if t is not None:
                 self.final_s.append(now_s - t)
                 return self.final_s[-1]

@@ -6,7 +6,8 @@ The file is sent at its native sample rate (declared in ``start``) as
 ``pcm_s16le``, at real-time pace by default. The partial updates in place on
 one terminal line, finals are printed as permanent lines (the transcript);
 ``--json`` prints every server event as one JSON line. It uses the same
-streaming code as ``client.mic`` (so it also survives a server restart).
+streaming code as ``client.mic`` (:class:`client.StreamingClient`, so it also survives a
+server restart).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import asyncio
 import sys
 
 from client.common import DEFAULT_URL, ClientError
-from client.mic import FileSource, MicClient, MicOptions, Output
+from client.mic import MicClient, MicOptions, Output
+from client.sources import FileSource
 from client.subtitles import SubtitleWriter
 
 
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print every server event as a JSON line")
     parser.add_argument("--language", help="language code, e.g. en (default: the server's)")
     parser.add_argument("--msgpack", action="store_true", help="speak msgpack instead of JSON")
+    parser.add_argument("--api-key", help="API key, sent as Authorization: Bearer (servers started with keys)")
     parser.add_argument("--srt", metavar="FILE", help="also write SRT subtitles")
     parser.add_argument("--vtt", metavar="FILE", help="also write WebVTT subtitles")
     parser.add_argument("--timeout-s", type=float, default=300.0,
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # libsndfile's errors name the problem well enough
         print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
-    options = MicOptions(url=args.url, language=args.language, use_msgpack=args.msgpack,
+    options = MicOptions(url=args.url, language=args.language, use_msgpack=args.msgpack, api_key=args.api_key,
                          stop_timeout_s=args.timeout_s, insecure=args.insecure, retry_first_connect=False)
     writers = [SubtitleWriter(path, fmt) for path, fmt in ((args.srt, "srt"), (args.vtt, "vtt")) if path]
     output = Output(json_mode=args.json, subtitles=writers, name="file")

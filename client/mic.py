@@ -15,135 +15,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import queue
 import signal
 import ssl
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import WebSocketException
 
 from client.common import (
     DEFAULT_URL,
-    RETRYABLE_ERROR_CODES,
     Backoff,
     CaptionState,
     ClientError,
-    Codec,
     LatencyTracker,
-    ReplayBuffer,
     TerminalDisplay,
     fetch_info,
-    start_message,
-    to_pcm_s16le,
     window_supported,
 )
+from client.events import AudioDropped, ClientEvent, Disconnected, Error, Final, GaveUp, Ready, Reconnected, StreamEvent
+from client.streaming_client import StreamClosed, StreamingClient, describe
+from client.sources import AudioSource, FileSource, SoundDeviceSource
 from client.subtitles import SubtitleWriter
-
-MIN_RATE_HZ, MAX_RATE_HZ = 8_000, 48_000
-"""Sample rates a ``start`` may declare (protocol v1)."""
-
-
-# --- audio sources -------------------------------------------------------------
-
-
-class AudioSource(Protocol):
-    """Where audio comes from: mono float32 blocks at ``sample_rate_hz``.
-
-    ``read`` blocks until the next block is captured and returns ``None`` at the
-    end of the stream (or after :meth:`close`); it is called from one capture thread.
-    """
-
-    sample_rate_hz: int
-
-    def start(self) -> None: ...
-
-    def read(self) -> np.ndarray | None: ...
-
-    def close(self) -> None: ...
-
-
-class SoundDeviceSource:
-    """A PortAudio input device (mono), at the device's native rate when the protocol allows it, else 16 kHz."""
-
-    def __init__(self, device: int | str | None = None, sample_rate_hz: int | None = None, block_s: float = 0.1) -> None:
-        import sounddevice as sd
-
-        self._sd = sd
-        info = sd.query_devices(device, "input")
-        self.device_name = str(info["name"])
-        rate = sample_rate_hz or int(info["default_samplerate"])
-        self.sample_rate_hz = rate if MIN_RATE_HZ <= rate <= MAX_RATE_HZ else 16_000
-        self.device = device
-        self.block_frames = max(1, round(self.sample_rate_hz * block_s))
-        self.overflows = 0
-        self._queue: queue.Queue[np.ndarray | None] = queue.Queue()
-        self._stream: Any = None
-
-    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        if status.input_overflow:
-            self.overflows += 1
-        self._queue.put(indata[:, 0].copy())
-
-    def start(self) -> None:
-        self._stream = self._sd.InputStream(device=self.device, channels=1, samplerate=self.sample_rate_hz,
-                                            blocksize=self.block_frames, dtype="float32", callback=self._callback)
-        self._stream.start()
-
-    def read(self) -> np.ndarray | None:
-        return self._queue.get()
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
-            self._stream = None
-        self._queue.put(None)
-
-
-class FileSource:
-    """An audio file played at real-time pace (``speed`` times faster; 0 = as fast as possible),
-    at its native rate (mixed to mono), through the same path as a microphone."""
-
-    def __init__(self, path: str | Path, speed: float = 1.0, block_s: float = 0.1) -> None:
-        import soundfile as sf
-
-        self._file = sf.SoundFile(str(path))
-        if not MIN_RATE_HZ <= self._file.samplerate <= MAX_RATE_HZ:
-            raise ClientError(f"{path}: sample rate {self._file.samplerate} Hz is outside 8000-48000 Hz")
-        self.sample_rate_hz = int(self._file.samplerate)
-        self.speed = speed
-        self.block_frames = max(1, round(self.sample_rate_hz * block_s))
-        self._position = 0
-        self._t0 = 0.0
-        self._closed = threading.Event()
-
-    def start(self) -> None:
-        self._t0 = time.monotonic()
-
-    def read(self) -> np.ndarray | None:
-        if self._closed.is_set():
-            return None
-        data = self._file.read(self.block_frames, dtype="float32", always_2d=True)
-        if len(data) == 0:
-            return None
-        self._position += len(data)
-        if self.speed > 0:
-            # A block is "captured" once its last sample has been played.
-            due = self._t0 + self._position / self.sample_rate_hz / self.speed
-            if self._closed.wait(max(0.0, due - time.monotonic())):
-                return None
-        return data.mean(axis=1).astype(np.float32)
-
-    def close(self) -> None:
-        self._closed.set()
 
 
 # --- output ------------------------------------------------------------------------
@@ -160,16 +58,18 @@ class Output:
         self.display = display or TerminalDisplay(sys.stdout, interactive=False if json_mode else None)
         self.captions = CaptionState()
 
-    def event(self, event: dict[str, Any], offset_s: float) -> None:
-        """One server event; ``offset_s`` is where this connection's stream time 0 lies in the whole capture."""
+    def event(self, event: StreamEvent) -> None:
+        """One event of the stream (times are positions in the whole capture, across reconnects)."""
+        if isinstance(event, ClientEvent):
+            return
         if self.json_mode:
-            sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(event.to_message(), ensure_ascii=False) + "\n")
             sys.stdout.flush()
         else:
             self.display.show(self.captions.apply(event))
-        if event.get("type") == "final":
+        if isinstance(event, Final):
             for writer in self.subtitles:
-                writer.add(offset_s + float(event["start_s"]), offset_s + float(event["end_s"]), str(event["text"]))
+                writer.add(event.start_s, event.end_s, event.text)
 
     def connection_lost(self) -> None:
         if not self.json_mode:
@@ -200,6 +100,8 @@ class MicOptions:
     """Encoder attention window (only models that support it)."""
     use_msgpack: bool = False
     """Speak msgpack instead of JSON."""
+    api_key: str | None = None
+    """Sent as ``Authorization: Bearer`` (or put ``?token=`` in the URL)."""
     max_buffer_s: float = 120.0
     """Audio kept while disconnected; beyond this the oldest is dropped (with a warning)."""
     replay_s: float = 30.0
@@ -215,28 +117,23 @@ class MicOptions:
     """Keep trying when the very first connection fails (a live source should wait for the server)."""
 
 
-class MicClient:
-    """Streams an :class:`AudioSource` to the server across reconnects; events go to an :class:`Output`."""
+EXIT_CODES = {"ended": 0, "error": 2, "gave_up": 1, "failed": 1, "closed": 1}
+"""Process exit status for each :attr:`StreamingClient.outcome`."""
 
-    MAX_FRAME_S = 0.5
-    """Largest audio frame sent (a backlog after a reconnect is sent in pieces)."""
+
+class MicClient:
+    """Streams an :class:`AudioSource` through a :class:`StreamingClient`; events go to an :class:`Output`."""
 
     def __init__(self, source: AudioSource, options: MicOptions, output: Output) -> None:
         self.source = source
         self.options = options
         self.output = output
-        rate = source.sample_rate_hz
-        self.buffer = ReplayBuffer(max_unsent=round(options.max_buffer_s * rate), max_replay=round(options.replay_s * rate))
-        self.latency = LatencyTracker(rate)
-        self.codec = Codec(options.use_msgpack)
-        self.connections = 0
-        self.exit_code: int | None = None
+        self.latency = LatencyTracker(source.sample_rate_hz)
+        self.client: StreamingClient | None = None
+        self._captured = 0
         self._finishing = False
-        self._wake = asyncio.Event()
-        self._give_up = asyncio.Event()
-        self._give_up_timer: asyncio.TimerHandle | None = None
+        self._loss_announced = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._dropping = False
 
     # -- capture thread → event loop
 
@@ -262,14 +159,11 @@ class MicClient:
         if block is None:
             self.finish()
             return
-        self.buffer.append(block)
-        self.latency.captured(self.buffer.captured_pos, captured_at_s)
-        dropped = self.buffer.take_dropped()
-        if dropped and not self._dropping:
-            self._dropping = True
-            self.output.notice(f"buffer full ({self.options.max_buffer_s:g} s): dropping the oldest audio "
-                               "until the server is back")
-        self._wake.set()
+        assert self.client is not None
+        with contextlib.suppress(StreamClosed):  # the stream is over: nothing more to send
+            self.client.send_nowait(block)
+            self._captured += len(block)
+            self.latency.captured(self._captured, captured_at_s)
 
     # -- control
 
@@ -279,19 +173,14 @@ class MicClient:
             return
         self._finishing = True
         self.source.close()
-        self._arm_give_up()
-        self._wake.set()
-
-    def _arm_give_up(self) -> None:
-        assert self._loop is not None
-        if self._give_up_timer is not None:
-            self._give_up_timer.cancel()
-        self._give_up_timer = self._loop.call_later(self.options.stop_timeout_s, self._give_up.set)
+        assert self._loop is not None and self.client is not None
+        self._loop.create_task(self.client.stop())
 
     def _on_sigint(self) -> None:
         if self._finishing:
             self.output.notice("second Ctrl-C: exiting without waiting")
-            self._give_up.set()
+            assert self._loop is not None and self.client is not None
+            self._loop.create_task(self.client.close())
         else:
             self.output.notice("stopping: waiting for the last final (Ctrl-C again to quit now)")
             self.finish()
@@ -299,6 +188,13 @@ class MicClient:
     async def run(self) -> int:
         """Capture and stream until the input ends or Ctrl-C; returns the process exit code."""
         self._loop = asyncio.get_running_loop()
+        opts = self.options
+        self.client = StreamingClient(
+            opts.url, sample_rate=self.source.sample_rate_hz, language=opts.language, window_s=opts.window_s,
+            use_msgpack=opts.use_msgpack, api_key=opts.api_key, max_buffer_s=opts.max_buffer_s,
+            replay_s=opts.replay_s, stop_timeout_s=opts.stop_timeout_s, connect_timeout_s=opts.connect_timeout_s,
+            backoff=opts.backoff, insecure=opts.insecure, retry_first_connect=opts.retry_first_connect,
+            ping_interval_s=10, ping_timeout_s=10)  # real-time audio: a dead server is noticed fast
         try:
             self._loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
@@ -306,7 +202,19 @@ class MicClient:
         self.source.start()
         threading.Thread(target=self._capture, name="audio-capture", daemon=True).start()
         try:
-            return await self._connect_loop()
+            try:
+                await self.client.__aenter__()
+            except (OSError, WebSocketException, TimeoutError) as exc:
+                self.output.notice(f"cannot connect to {opts.url}: {describe(exc)}")
+                return 1
+            try:
+                async for event in self.client.events():
+                    self.latency.on_event(event, time.monotonic())
+                    self.output.event(event)
+                    self._notice(event)
+            finally:
+                await self.client.close()
+            return EXIT_CODES[self.client.outcome or "closed"]
         finally:
             self.source.close()
             try:
@@ -314,136 +222,34 @@ class MicClient:
             except (NotImplementedError, RuntimeError):
                 pass
 
-    async def _connect_loop(self) -> int:
-        attempt = 0
-        while True:
-            try:
-                outcome = await self._session()
-            except (OSError, WebSocketException, asyncio.TimeoutError) as exc:
-                outcome = "lost"
-                reason = _describe(exc)
-                if self.connections == 0 and not self.options.retry_first_connect:
-                    self.output.notice(f"cannot connect to {self.options.url}: {reason}")
-                    return 1
-                if self.connections == 0 and attempt == 0:
-                    self.output.notice(f"cannot connect to {self.options.url}: {reason}; retrying")
-                elif attempt == 0:
-                    self.output.notice(f"connection lost: {reason}; reconnecting")
-            else:
-                if outcome == "ready-lost":
-                    attempt = 0  # the last try got through: start the schedule over
-                    outcome = "lost"
-            if outcome in ("done", "fatal", "gave-up"):
-                return {"done": 0, "fatal": 2, "gave-up": 1}[outcome]
+    def _notice(self, event: StreamEvent) -> None:
+        """What the user should read on stderr about the connection and server errors."""
+        notice = self.output.notice
+        if isinstance(event, Disconnected):
             self.output.connection_lost()
-            if self._give_up.is_set():
-                return self._report_give_up()
-            delay = self.options.backoff.delay_s(attempt)
-            attempt += 1
-            try:
-                await asyncio.wait_for(self._give_up.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
-            if self._give_up.is_set():
-                return self._report_give_up()
-
-    def _report_give_up(self) -> int:
-        unsent = self.buffer.captured_pos - self.buffer.acked_pos
-        self.output.notice(f"gave up after {self.options.stop_timeout_s:g} s without the server's end: "
-                           f"{unsent / self.source.sample_rate_hz:.1f} s of audio may lack a final")
-        return 1
-
-    async def _session(self) -> str:
-        """One connection: ``done`` (got ``end``), ``fatal``, ``gave-up``, or ``ready-lost`` (reconnect)."""
-        opts = self.options
-        ssl_context = _ssl_context(opts) if opts.url.startswith("wss:") else None
-        async with asyncio.timeout(opts.connect_timeout_s):
-            ws = await connect(opts.url, ssl=ssl_context, max_size=2**22, ping_interval=10, ping_timeout=10,
-                               open_timeout=None)
-        async with ws:
-            start = start_message(self.source.sample_rate_hz, language=opts.language, window_s=opts.window_s)
-            await ws.send(self.codec.control(start))
-            async with asyncio.timeout(opts.connect_timeout_s):
-                ready = self.codec.event(await ws.recv())
-            if ready.get("type") == "error":
-                return self._on_error(ready, before_ready=True)
-            if ready.get("type") != "ready":
-                raise WebSocketException(f"expected ready, got {ready.get('type')!r}")
-            connection = self.connections
-            self.connections += 1
-            base_pos = self.buffer.rewind()
-            pending_s = self.buffer.unsent / self.source.sample_rate_hz
-            if connection > 0:
-                self.output.notice(f"reconnected (session {ready.get('session_id')}); "
-                                   f"sending {pending_s:.1f} s of audio not yet transcribed")
-            if self._dropping:
-                self._dropping = False
-            self.output.event(ready, base_pos / self.source.sample_rate_hz)
-            sender = asyncio.create_task(self._send_loop(ws))
-            receiver = asyncio.create_task(self._receive_loop(ws, base_pos, connection))
-            give_up = asyncio.create_task(self._give_up.wait())
-            try:
-                await asyncio.wait({receiver, give_up}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (sender, give_up):
-                    task.cancel()
-                if not receiver.done():
-                    receiver.cancel()
-            if sender.done() and not sender.cancelled() and sender.exception() is not None:
-                exc = sender.exception()
-                if not isinstance(exc, ConnectionClosed):
-                    raise exc  # a bug, not a network problem
-            if not receiver.done() or receiver.cancelled():
-                self._report_give_up()
-                return "gave-up"
-            try:
-                return receiver.result()
-            except ConnectionClosed as exc:
-                self.output.notice(f"connection lost: {_describe(exc)}; reconnecting")
-                return "ready-lost"
-
-    async def _send_loop(self, ws: ClientConnection) -> None:
-        max_frame = round(self.MAX_FRAME_S * self.source.sample_rate_hz)
-        while True:
-            if self.buffer.unsent:
-                _, samples = self.buffer.take_unsent(max_frame)
-                await ws.send(self.codec.audio(to_pcm_s16le(samples)))
-                continue
-            if self._finishing:
-                await ws.send(self.codec.control({"type": "stop"}))
-                self._arm_give_up()  # the server now has stop_timeout_s to send the last final
-                return
-            self._wake.clear()
-            await self._wake.wait()
-
-    async def _receive_loop(self, ws: ClientConnection, base_pos: int, connection: int) -> str:
-        rate = self.source.sample_rate_hz
-        async for frame in ws:
-            event = self.codec.event(frame)
-            self.latency.on_event(event, base_pos, connection, time.monotonic())
-            self.output.event(event, base_pos / rate)
-            kind = event.get("type")
-            if kind == "final":
-                self.buffer.ack(base_pos + round(float(event["end_s"]) * rate))
-            elif kind == "end":
-                return "done"
-            elif kind == "error":
-                outcome = self._on_error(event, before_ready=False)
-                if outcome != "continue":
-                    return outcome
-        self.output.notice("the server closed the connection without end; reconnecting")
-        return "ready-lost"
-
-    def _on_error(self, event: dict[str, Any], before_ready: bool) -> str:
-        code, message = event.get("code"), event.get("message", "")
-        if not event.get("fatal", True):
-            self.output.notice(f"server warning {code}: {message}")
-            return "continue"
-        if code in RETRYABLE_ERROR_CODES:
-            self.output.notice(f"server error {code}: {message}; reconnecting")
-            return "lost" if before_ready else "ready-lost"
-        self.output.notice(f"server error {code}: {message}")
-        return "fatal"
+            if event.retry_in_s is None:
+                notice(f"connection lost: {event.reason}")
+            elif not self._loss_announced:  # once per outage, not once per attempt
+                self._loss_announced = True
+                if not event.connected_before:
+                    notice(f"cannot connect to {self.options.url}: {event.reason}; retrying")
+                elif event.code:
+                    notice(f"{event.reason}; reconnecting")
+                else:
+                    notice(f"connection lost: {event.reason}; reconnecting")
+        elif isinstance(event, Reconnected):
+            self._loss_announced = False
+            notice(f"reconnected (session {event.session_id}); "
+                   f"sending {event.replay_s:.1f} s of audio not yet transcribed")
+        elif isinstance(event, AudioDropped):
+            notice(f"buffer full ({event.buffer_s:g} s): dropping the oldest audio until the server is back")
+        elif isinstance(event, GaveUp):
+            notice(f"gave up after {event.timeout_s:g} s without the server's end: "
+                   f"{event.unacknowledged_s:.1f} s of audio may lack a final")
+        elif isinstance(event, Error):
+            notice(f"server {'error' if event.fatal else 'warning'} {event.code}: {event.message}")
+        elif isinstance(event, Ready):
+            self._loss_announced = False
 
 
 def _ssl_context(options: MicOptions) -> ssl.SSLContext:
@@ -452,13 +258,6 @@ def _ssl_context(options: MicOptions) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    text = str(exc) or type(exc).__name__
-    return text
 
 
 # --- command line ----------------------------------------------------------------------
@@ -484,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--srt", metavar="FILE", help="write SRT subtitles as finals arrive")
     parser.add_argument("--vtt", metavar="FILE", help="write WebVTT subtitles as finals arrive")
     parser.add_argument("--msgpack", action="store_true", help="speak msgpack instead of JSON")
+    parser.add_argument("--api-key", help="API key, sent as Authorization: Bearer (servers started with keys)")
     parser.add_argument("--max-buffer-s", type=float, default=MicOptions.max_buffer_s,
                         help="audio kept while disconnected; older audio is dropped (default %(default)s)")
     parser.add_argument("--stop-timeout-s", type=float, default=MicOptions.stop_timeout_s,
@@ -507,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         print(devices if len(devices) else "no audio devices found")
         return 0
     options = MicOptions(url=args.url, language=args.language, window_s=args.window_s, use_msgpack=args.msgpack,
+                         api_key=args.api_key,
                          max_buffer_s=args.max_buffer_s, stop_timeout_s=args.stop_timeout_s, insecure=args.insecure)
     try:
         if args.window_s is not None:

@@ -1,6 +1,8 @@
 """A measuring protocol-v1 client: streams audio at real-time pace and times every event.
 
-Used by the benchmark and the end-to-end tests. Latencies are measured against
+Used by the benchmark and the end-to-end tests. It speaks through
+:class:`client.StreamingClient` (without reconnecting: a measurement must see each
+failure), so the wire rules live in one place. Latencies are measured against
 the wall-clock moment the relevant audio was sent: first partial after the
 utterance's first voiced audio, final after the utterance's last voiced audio.
 """
@@ -8,16 +10,13 @@ utterance's first voiced audio, final after the utterance's last voiced audio.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import numpy as np
-import websockets
 
-from .audio import float_to_pcm16
+from client import ClientEvent, Ready, StreamingClient
 
 
 @dataclass
@@ -50,50 +49,46 @@ async def stream_audio(url: str, audio: np.ndarray, sample_rate: int = 16_000, *
                        preroll_s: float = 0.15, timeout_s: float = 120.0) -> StreamResult:
     """Stream mono float32 ``audio`` (at ``sample_rate``) as pcm_s16le, then ``stop``; collect events.
 
-    ``speed`` 1.0 is real time, 0 as fast as possible. ``preroll_s`` must match the
-    server's VAD pre-roll: speech is taken to start that long after ``start_s``.
+    ``speed`` 1.0 is real time, 0 as fast as possible (each frame waits for the server to take the
+    last: TCP backpressure). ``preroll_s`` must match the server's VAD pre-roll: speech is taken to
+    start that long after ``start_s``. A refused handshake raises (``InvalidStatus``).
     """
     result = StreamResult(audio_s=audio.size / sample_rate)
-    start = {"type": "start", "sample_rate": sample_rate, "encoding": "pcm_s16le", **(start_fields or {})}
     chunk = max(1, int(chunk_s * sample_rate))
     t0 = 0.0
-
-    def encode(msg: dict[str, Any]) -> str | bytes:
-        return msgpack.packb(msg, use_bin_type=True) if use_msgpack else json.dumps(msg)
-
     # A long pong timeout: pushed faster than real time, the server may leave this socket unread a while.
-    async with websockets.connect(url, max_size=None, ping_timeout=120) as ws:
-        await ws.send(encode(start))
-        ready = _decode(await asyncio.wait_for(ws.recv(), 30))
-        if ready["type"] != "ready":
-            result.events.append((0.0, ready))
-            return result
+    client = StreamingClient(url, sample_rate=sample_rate, use_msgpack=use_msgpack, start_fields=start_fields or {},
+                             reconnect=False, connect_timeout_s=30, ping_timeout_s=120, stop_timeout_s=timeout_s,
+                             max_frame_s=chunk / sample_rate, max_ahead_s=chunk / sample_rate)
 
-        def wall_of(stream_s: float) -> float:
-            """Wall time (relative to t0) at which the audio at ``stream_s`` was sent."""
-            return stream_s / speed if speed > 0 else 0.0
+    def wall_of(stream_s: float) -> float:
+        """Wall time (relative to t0) at which the audio at ``stream_s`` was sent."""
+        return stream_s / speed if speed > 0 else 0.0
 
-        async def send() -> None:
-            nonlocal t0
-            t0 = time.perf_counter()
-            for i in range(0, audio.size, chunk):
-                pcm = float_to_pcm16(audio[i:i + chunk])
-                await ws.send(msgpack.packb({"type": "audio", "pcm": pcm}, use_bin_type=True)
-                              if use_msgpack else pcm)
-                if speed > 0:
-                    due = t0 + (i + chunk) / sample_rate / speed
-                    delay = due - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-            await ws.send(encode({"type": "stop"}))
+    async def send() -> None:
+        nonlocal t0
+        t0 = time.perf_counter()
+        for i in range(0, audio.size, chunk):
+            await client.send(audio[i:i + chunk])
+            if speed > 0:
+                delay = t0 + (i + chunk) / sample_rate / speed - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        await client.stop()
 
-        sender = asyncio.create_task(send())
-        first_partial: dict[int, float] = {}
+    sender: asyncio.Task[None] | None = None
+    first_partial: dict[int, float] = {}
+    async with client:
         try:
             async with asyncio.timeout(timeout_s):
-                async for frame in ws:
-                    now = time.perf_counter() - t0
-                    event = _decode(frame)
+                async for typed in client.events():
+                    if isinstance(typed, Ready):
+                        sender = asyncio.create_task(send())
+                        continue
+                    if isinstance(typed, ClientEvent):
+                        continue  # the connection's end: close_code says how
+                    now = time.perf_counter() - t0 if sender else 0.0
+                    event = typed.to_message()
                     result.events.append((now, event))
                     uid = event.get("utterance_id")
                     if event["type"] == "partial" and uid not in first_partial:
@@ -102,16 +97,11 @@ async def stream_audio(url: str, audio: np.ndarray, sample_rate: int = 16_000, *
                         result.first_partial_latency_s.append(now - wall_of(speech_s))
                     elif event["type"] == "final" and event["text"]:
                         result.final_latency_s.append(now - wall_of(event["end_s"]))
-        except websockets.ConnectionClosedError:
-            pass  # closed with an error code (after its error event): the result records it
         finally:
-            sender.cancel()
-        result.close_code = ws.close_code
+            if sender is not None:
+                sender.cancel()
+    result.close_code = client.close_code
     return result
-
-
-def _decode(frame: str | bytes) -> dict[str, Any]:
-    return msgpack.unpackb(frame, raw=False) if isinstance(frame, bytes) else json.loads(frame)
 
 
 def with_silence(audio: np.ndarray, lead_s: float = 0.5, trail_s: float = 1.5, sample_rate: int = 16_000,

@@ -20,19 +20,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from client.common import (
-    Backoff,
-    CaptionState,
-    Codec,
-    LatencyTracker,
-    ReplayBuffer,
-    fit_line,
-    info_url,
-    start_message,
-    to_pcm_s16le,
-    window_supported,
-)
-from client.mic import FileSource
+from client.common import Backoff, CaptionState, LatencyTracker, ReplayBuffer, fit_line, info_url, window_supported
+from client.continuity import encode_audio
+from client.events import Codec, Final, Partial, SpeechStart, start_message
+from client.sources import FileSource
 from client.subtitles import Cue, parse_subtitles
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,15 +85,23 @@ def test_replay_buffer_keeps_only_recent_sent_audio() -> None:
     assert buf.take_unsent()[1].tolist() == list(range(12, 20))
 
 
+def _partial(text: str) -> Partial:
+    return Partial(1, 0, text, "", 0.0, 1.0)
+
+
+def _final(text: str) -> Final:
+    return Final(2, 0, text, "en", 0.0, 1.0)
+
+
 def test_caption_state_partials_replace_and_finals_stay() -> None:
     state = CaptionState()
-    assert state.apply({"type": "speech_start", "utterance_id": 0}).changed is False
-    assert state.apply({"type": "partial", "text": "hello"}).partial == "hello"
-    assert state.apply({"type": "partial", "text": "hello wor"}).partial == "hello wor"
-    update = state.apply({"type": "final", "text": " hello world "})
+    assert state.apply(SpeechStart(0, 0, 0.0)).changed is False
+    assert state.apply(_partial("hello")).partial == "hello"
+    assert state.apply(_partial("hello wor")).partial == "hello wor"
+    update = state.apply(_final(" hello world "))
     assert update.new_finals == ["hello world"] and update.partial == ""
-    assert state.apply({"type": "final", "text": ""}).new_finals == []  # nothing to print
-    state.apply({"type": "partial", "text": "next"})
+    assert state.apply(_final("")).new_finals == []  # nothing to print
+    state.apply(_partial("next"))
     assert state.reset_partial().partial == "" and state.transcript == "hello world"
 
 
@@ -117,12 +116,12 @@ def test_latency_tracker_maps_stream_time_to_capture_time() -> None:
     for i in range(1, 11):  # 10 blocks of 0.1 s, block i captured at t = i * 0.1
         tracker.captured(i * 10, i * 0.1)
     assert tracker.capture_time(35) == pytest.approx(0.35)
-    # Second connection starts at sample 20 (0.2 s); its utterance starts at 0.3 s of its stream.
-    event = {"type": "partial", "utterance_id": 0, "start_s": 0.3, "end_s": 0.5}
-    assert tracker.on_event(event, base_pos=20, connection=1, now_s=1.5) == pytest.approx(1.0)
-    assert tracker.on_event(event, base_pos=20, connection=1, now_s=1.9) is None  # only the first partial
-    final = {"type": "final", "utterance_id": 0, "start_s": 0.3, "end_s": 0.6}
-    assert tracker.on_event(final, base_pos=20, connection=1, now_s=1.3) == pytest.approx(0.5, abs=0.011)
+    # An utterance from 0.5 s of the stream (times are already offset across reconnects).
+    partial = Partial(3, 2, "so", "", 0.5, 0.7)
+    assert tracker.on_event(partial, now_s=1.5) == pytest.approx(1.0)
+    assert tracker.on_event(partial, now_s=1.9) is None  # only the first partial of an utterance
+    final = Final(4, 2, "so", "en", 0.5, 0.8)
+    assert tracker.on_event(final, now_s=1.3) == pytest.approx(0.5, abs=0.011)
     assert "first partial: median 1.00 s" in tracker.summary()
 
 
@@ -142,8 +141,12 @@ def test_codec_json_and_msgpack() -> None:
 
 
 def test_pcm_conversion_clips_and_is_little_endian() -> None:
-    pcm = to_pcm_s16le(np.array([0.0, 1.0, -1.0, 2.0, 0.5], dtype=np.float32))
+    pcm = encode_audio(np.array([0.0, 1.0, -1.0, 2.0, 0.5], dtype=np.float32), "pcm_s16le")
     assert np.frombuffer(pcm, "<i2").tolist() == [0, 32767, -32767, 32767, 16384]
+    assert encode_audio(b"\x01\x02", "pcm_s16le") == b"\x01\x02"  # bytes pass through
+    assert np.frombuffer(encode_audio(np.array([0.25], np.float64), "pcm_f32le"), "<f4").tolist() == [0.25]
+    with pytest.raises(TypeError):
+        encode_audio(np.zeros(4, np.float32), "mulaw")  # no float → G.711 encoder: give bytes
 
 
 def test_info_url_and_window_support() -> None:
