@@ -401,7 +401,8 @@ def test_a_final_that_diverges_sends_no_contradicting_delta():
     client = Client()
     client.ready()
     events = client.tell(ev.SpeechStarted(0, 0.0), ev.Partial(0, "and so my", "and so my", 0.0, 1.0),
-                         ev.SpeechEnded(0, 2.0, "endpoint"), ev.Final(0, "And so, my friends", "en", 0.0, 2.0, "endpoint"))
+                         ev.SpeechEnded(0, 2.0, "endpoint"),
+                         ev.Final(0, "And so, my friends", "en", 0.0, 2.0, "endpoint"))
     deltas = [e["delta"] for e in events if e["type"].endswith(".delta")]
     assert deltas == ["and so my"]
     assert events[-1]["transcript"] == "And so, my friends"
