@@ -31,6 +31,7 @@ from . import auth, http
 from .config import Config, session_field_info
 from .engine import Engine, EngineClosed
 from .evaluation import REPO_ROOT
+from .file_jobs import TranscriptionService
 from .handshake import HttpServerConnection, to_response
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServerMetrics
@@ -77,6 +78,8 @@ class StreamingServer:
                                      model=backend.name)
         self.engine.on_batch = self.metrics.batch
         self.loop_lag = LoopLagMonitor(observe=self.metrics.event_loop_lag)
+        self.transcriptions = TranscriptionService(self.engine, config, metrics=self.metrics)
+        """``POST /v1/audio/transcriptions``: files cut by the sessions' VAD, decoded by the same engine."""
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -170,7 +173,7 @@ class StreamingServer:
         """Whether a new session would be accepted now (``/readyz``)."""
         return not self.draining and len(self.sessions) < self.config.server.max_sessions
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Answer plain HTTP, or vet a WebSocket handshake (origin, key, per-key limit): None = accept."""
         decision = http.route(request.method, request.path, request.headers)
         if isinstance(decision, http.Reply):
@@ -199,6 +202,11 @@ class StreamingServer:
                 return self._refuse(decision, refusal, source)
             connection.principal = key.id if key is not None else None
             return None
+        if endpoint == "transcriptions":
+            if not authorized:
+                return self._refuse(decision, auth.unauthorized(token is not None), source)
+            principal = key.id if key is not None else None
+            return self._reply(decision, await self.transcriptions.handle(connection, headers, principal))
         if endpoint == "healthz":
             return self._reply(decision, http.text_reply(200, "ok"))
         if endpoint == "readyz":
