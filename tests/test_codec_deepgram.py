@@ -168,6 +168,7 @@ def test_frames_decode_to_commands(frame, commands):
     ('{"type":5}', "unknown_message"),
     ('{"type":"Configure","keyterms":"Acme"}', "bad_message"),
     ('{"type":"Configure","keyterms":[1]}', "bad_message"),
+    ('{"type":"Configure","keyterms":["\\ud800"]}', "bad_message"),  # a lone surrogate is not text
 ])
 def test_unreadable_text_is_a_nonfatal_schema_error_echoing_it(frame, code):
     c = codec()
@@ -177,6 +178,15 @@ def test_unreadable_text_is_a_nonfatal_schema_error_echoing_it(frame, code):
     [error] = messages(c.encode(ev.Error(code, refused.value.message, fatal=False)))
     assert error == {"type": "Error", "variant": "SchemaError", "description": refused.value.message,
                      "message": frame if len(frame) <= 200 else frame[:200] + "…"}
+
+
+def test_echo_of_unreadable_text_is_always_sendable():
+    c = codec()
+    with pytest.raises(ProtocolError):
+        c.decode("\ud800 not json")
+    [frame] = c.encode(ev.Error("bad_message", "x", fatal=False))
+    frame.data.encode("utf-8")  # the server can send it
+    assert json.loads(frame.data)["message"] == "? not json"
 
 
 def test_configure_without_keyterms_is_answered_by_the_codec():

@@ -121,9 +121,9 @@ class DeepgramCodec(Codec):
         keyterms = message.get("keyterms")
         if keyterms is None:  # nothing this server changes (``features`` has no effect here)
             return [self._frame({"type": "ConfigureSuccess", "request_id": self.request_id})]
-        if not isinstance(keyterms, list) or not all(isinstance(t, str) for t in keyterms):
+        if not isinstance(keyterms, list) or not all(isinstance(t, str) and _is_text(t) for t in keyterms):
             self._refused_text = _excerpt(frame)
-            raise ProtocolError("bad_message", "Configure's keyterms must be an array of strings")
+            raise ProtocolError("bad_message", "Configure's keyterms must be an array of strings (Unicode text)")
         terms = list(dict.fromkeys(t.strip() for t in keyterms if t.strip()))
         if len(context_of(terms)) > MAX_CONTEXT_CHARS:
             return [self._frame({"type": "ConfigureFailure", "request_id": self.request_id,
@@ -260,7 +260,18 @@ def _bare(word: str) -> str:
 
 
 def _excerpt(text: str) -> str:
-    return text if len(text) <= MAX_ECHOED_CHARS else text[:MAX_ECHOED_CHARS] + "…"
+    """The start of a client text, safe to send back (a lone surrogate becomes ``?``)."""
+    text = text if len(text) <= MAX_ECHOED_CHARS else text[:MAX_ECHOED_CHARS] + "…"
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _is_text(value: str) -> bool:
+    """Whether a JSON string is real Unicode text (``"\\ud800"`` decodes to a lone surrogate, which is not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_text(message: dict[str, Any]) -> str:
