@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar
 
 import msgpack
 
-from streaming.protocol import ERROR_CODES, Wire, encode_event
+from streaming.protocol import RETRYABLE_CODES, Wire, encode_event
 from streaming.results import Word
 
 __all__ = ["Ready", "SpeechStart", "Partial", "SpeechEnd", "Final", "Cleared", "Error", "End", "OtherEvent",
@@ -26,21 +26,8 @@ __all__ = ["Ready", "SpeechStart", "Partial", "SpeechEnd", "Final", "Cleared", "
            "Word", "parse_event", "Codec", "start_message", "RETRYABLE_ERROR_CODES", "is_retryable"]
 
 
-def _retryable_codes() -> frozenset[str]:
-    """Fatal error codes after which a new connection may succeed (``streaming.protocol``'s fact)."""
-    from streaming import protocol
-
-    codes = getattr(protocol, "RETRYABLE_ERROR_CODES", None)
-    if codes is None:
-        # Stop-gap until streaming/protocol.py states the fact (asked of its owner): server-side reasons
-        # (load, drain, a bug) and time limits a fresh connection resets. Each is checked against ERROR_CODES.
-        codes = {"too_many_sessions", "overloaded", "shutting_down", "idle_timeout", "slow_client",
-                 "internal_error"}
-    assert all(ERROR_CODES[code][0] for code in codes), "a retryable code must be fatal"
-    return frozenset(codes)
-
-
-RETRYABLE_ERROR_CODES = _retryable_codes()
+RETRYABLE_ERROR_CODES = RETRYABLE_CODES
+"""Fatal error codes after which a new connection may succeed: ``streaming.protocol``'s fact, not a copy."""
 
 
 def is_retryable(code: str) -> bool:
