@@ -214,6 +214,15 @@ def test_updated_echoes_the_session_as_the_client_set_it():
     assert audio_input["transcription"]["language"] == "en"
 
 
+def test_semantic_vad_is_echoed_as_set():
+    client = Client()
+    client.ready()
+    _, updated = client.configure({"audio": {"input": {"turn_detection": {"type": "semantic_vad",
+                                                                          "eagerness": "high"}}}})
+    turn_detection = updated[0]["session"]["audio"]["input"]["turn_detection"]
+    assert turn_detection == {"type": "semantic_vad", "eagerness": "high"}
+
+
 def test_beta_update_answers_beta_names_and_shape():
     client = Client(beta=True)
     client.ready()

@@ -94,6 +94,19 @@ async def collect(recv: Callable[[], Awaitable[Any]], seen: Turns, sending: asyn
     return raw
 
 
+def sdk_sender(conn) -> Callable[[dict], Awaitable[None]]:
+    """Send through the SDK's own typed helpers (GA and beta connections have the same ones)."""
+    async def send(event: dict) -> None:
+        if event["type"] == "input_audio_buffer.append":
+            await conn.input_audio_buffer.append(audio=event["audio"])
+        elif event["type"] == "input_audio_buffer.commit":
+            await conn.input_audio_buffer.commit()
+        else:
+            await conn.send(event)
+
+    return send
+
+
 async def ws_sender(ws) -> Callable[[dict], Awaitable[None]]:
     async def send(event: dict) -> None:
         await ws.send(json.dumps(event))
@@ -190,9 +203,9 @@ async def test_sdk_server_vad_turns_match_v1(url, clips):
     async with asyncio.timeout(TIMEOUT_S):
         async with client.realtime.connect(model="gpt-4o-transcribe",
                                            extra_query={"intent": "transcription"}) as conn:
-            await conn.send({"type": "session.update", "session": ga_session(
-                {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 600})})
-            sending = asyncio.create_task(pump(conn.send, appends(pcm)))
+            await conn.session.update(session=ga_session(
+                {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 600}))
+            sending = asyncio.create_task(pump(sdk_sender(conn), appends(pcm)))
             typed = [type(e) for e in await collect(conn.recv, seen, sending, turns, parse=lambda e: e.to_dict())]
     seen.check_items()
     assert seen.text == expected
@@ -215,15 +228,16 @@ async def test_sdk_manual_commits_match_v1(url, clips):
         async with client.realtime.connect(model="gpt-4o-transcribe",
                                            extra_query={"intent": "transcription"}) as conn:
             assert (await conn.recv()).type == "session.created"  # Pipecat waits for it
-            await conn.send({"type": "session.update", "session": ga_session(None)})
-            assert (await conn.recv()).type == "session.updated"
-            await conn.send({"type": "input_audio_buffer.commit", "event_id": "too_soon"})
+            await conn.session.update(session=ga_session(None))
+            updated = await conn.recv()
+            assert updated.type == "session.updated" and updated.session.audio.input.turn_detection is None
+            await conn.input_audio_buffer.commit(event_id="too_soon")
             error = (await conn.recv()).to_dict()
             assert error["type"] == "error"
             assert error["error"]["code"] == "input_audio_buffer_commit_empty"
             assert error["error"]["event_id"] == "too_soon"
             events = [e for part in parts for e in (*appends(part), {"type": "input_audio_buffer.commit"})]
-            sending = asyncio.create_task(pump(conn.send, events))
+            sending = asyncio.create_task(pump(sdk_sender(conn), events))
             await collect(conn.recv, seen, sending, len(parts), parse=lambda e: e.to_dict())
     seen.check_items()
     kinds = {e["type"] for e in seen.events}
@@ -232,26 +246,29 @@ async def test_sdk_manual_commits_match_v1(url, clips):
 
 
 async def test_sdk_beta_dialect(url, clips):
-    """``OpenAI-Beta: realtime=v1``: the beta update shape, answered with the beta event names."""
+    """The SDK's retained beta interface (it sends ``OpenAI-Beta: realtime=v1``): the beta update shape,
+    answered with the beta event names. That interface always derives ``wss://`` from ``base_url``, so a
+    plain server is named by ``websocket_base_url``."""
     pcm = pcm24(with_silence(clips["cards_002"].load(), lead_s=0.3, trail_s=1.5))
     finals = await v1_finals(url, [pcm], **VAD_FIELDS, preroll_ms=300, endpoint_silence_ms=500)
     expected, turns = " ".join(finals), len(finals)
-    client = AsyncOpenAI(base_url=http_base(url), api_key="k")
+    client = AsyncOpenAI(base_url=http_base(url), websocket_base_url=http_base(url).replace("http", "ws", 1),
+                         api_key="k")
     seen = Turns()
     async with asyncio.timeout(TIMEOUT_S):
-        async with client.realtime.connect(model="gpt-4o-transcribe", extra_query={"intent": "transcription"},
-                                           extra_headers={"OpenAI-Beta": "realtime=v1"}) as conn:
+        async with client.beta.realtime.connect(model="gpt-4o-transcribe",
+                                                extra_query={"intent": "transcription"}) as conn:
             created = json.loads(await conn.recv_bytes())
             assert created["type"] == "transcription_session.created"
             assert created["session"]["input_audio_format"] == "pcm16"
-            await conn.send({"type": "transcription_session.update", "session": {
+            await conn.transcription_session.update(session={
                 "input_audio_format": "pcm16", "input_audio_transcription": {"model": "whisper-1", "language": "en"},
                 "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                                   "silence_duration_ms": 500}}})
+                                   "silence_duration_ms": 500}})
             updated = json.loads(await conn.recv_bytes())
             assert updated["type"] == "transcription_session.updated"
             assert updated["session"]["input_audio_transcription"]["model"] == "whisper-1"
-            sending = asyncio.create_task(pump(conn.send, appends(pcm)))
+            sending = asyncio.create_task(pump(sdk_sender(conn), appends(pcm)))
             await collect(conn.recv_bytes, seen, sending, turns)
     seen.check_items()
     assert seen.text == expected

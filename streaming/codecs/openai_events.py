@@ -74,9 +74,10 @@ class Settings:
         td = self.turn_detection
         opts["endpointing"] = td is not None
         if td is not None:
-            opts["speech_threshold"] = _clamped("speech_threshold", td["threshold"])
-            opts["preroll_ms"] = _clamped("preroll_ms", round(td["prefix_padding_ms"]))
-            opts["endpoint_silence_ms"] = _clamped("endpoint_silence_ms", round(td["silence_duration_ms"]))
+            vad = {**SERVER_VAD_DEFAULTS, **td}
+            opts["speech_threshold"] = _clamped("speech_threshold", vad["threshold"])
+            opts["preroll_ms"] = _clamped("preroll_ms", round(vad["prefix_padding_ms"]))
+            opts["endpoint_silence_ms"] = _clamped("endpoint_silence_ms", round(vad["silence_duration_ms"]))
         transcription = self.transcription or {}
         if "language" in transcription:
             opts["language"] = transcription["language"] or None  # "" (LiveKit's "detect") = none given
@@ -173,13 +174,13 @@ def _turn_detection(value: Any, path: str) -> dict[str, Any] | None:
     kind = value.get("type") or "server_vad"
     if kind not in TURN_DETECTION_TYPES:
         raise UpdateError(f"'{path}.type' must be one of {', '.join(TURN_DETECTION_TYPES)}", f"{path}.type")
-    merged = {**SERVER_VAD_DEFAULTS, **{k: v for k, v in copy.deepcopy(value).items() if v is not None},
-              "type": kind}
+    given = {k: v for k, v in copy.deepcopy(value).items() if v is not None}
     for key in ("threshold", "prefix_padding_ms", "silence_duration_ms"):
-        number = merged[key]
+        number = given.get(key, 0)
         if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
             raise UpdateError(f"'{path}.{key}' must be a number", f"{path}.{key}")
-    return merged
+    # server_vad shows its defaults filled in, as OpenAI does; semantic_vad has none of those fields
+    return {**(SERVER_VAD_DEFAULTS if kind == "server_vad" else {}), **given, "type": kind}
 
 
 def render_session(settings: Settings, *, beta: bool, session_id: str, model: str) -> dict[str, Any]:
