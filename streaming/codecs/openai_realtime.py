@@ -7,8 +7,8 @@ user *item* whose transcript arrives as append-only ``delta``s and one
 The session starts at once with OpenAI's defaults (PCM16 at 24 kHz, server VAD)
 because LiveKit sends ``session.update`` without waiting for
 ``session.created``, while Pipecat waits for it: either way the update becomes
-a :class:`~streaming.events.Configure`. Session objects and event shapes live in
-:mod:`.openai_events`; ``docs`` for both dialects: the ``openai`` package's types.
+a :class:`~streaming.events.Configure`. Session objects and event shapes (GA and
+beta dialects, as the ``openai`` package's types define them) live in :mod:`.openai_events`.
 """
 
 from __future__ import annotations
