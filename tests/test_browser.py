@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,10 @@ def test_live_captions_transcript_and_downloads(browser, http_url, speech_wav, t
     page.goto(http_url + "/")
     page.wait_for_function("document.getElementById('model').textContent.length > 0")  # /v1/info loaded
     assert page.is_disabled("#window")  # tiny.en has no attention window
+    from streaming.protocol import protocol_facts
+
+    loaded = _stats(page)  # the retryable codes are the server's, read from /v1/info
+    assert loaded["protocolKnown"] and loaded["retryableCodes"] == sorted(protocol_facts()["retryable_codes"])
     page.click("#start")
     page.wait_for_function("window.captionStats.state === 'live'", timeout=20_000)
 
@@ -168,3 +173,44 @@ def test_overlay_shows_large_high_contrast_captions(browser, http_url) -> None:
     assert look["lines"] <= 2
     assert not errors, errors
     page.close()
+
+
+NODE = shutil.which("node")
+
+
+def _node(script: str) -> str:
+    """Run an ES module snippet that imports web/captions.js as ``c`` (the page's pure helpers)."""
+    if NODE is None:
+        pytest.skip("node is not installed")
+    module = (REPO / "web" / "captions.js").as_uri()
+    proc = subprocess.run([NODE, "--input-type=module"], input=f"import * as c from {json.dumps(module)};\n{script}",
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_browser_pcm16_is_bit_for_bit_the_shared_conversion() -> None:
+    from streaming.audio import float_to_pcm16
+
+    rng = np.random.default_rng(7)
+    ties = (np.arange(-40, 40, dtype=np.float32) + 0.5) / np.float32(32767)  # halfway cases both ways
+    samples = np.concatenate([rng.uniform(-1.2, 1.2, 20_000), ties, [0.0, 1.0, -1.0, 0.5, -0.5]]).astype(np.float32)
+    got = json.loads(_node(f"const x = new Float32Array({json.dumps(samples.tolist())});\n"
+                           "console.log(JSON.stringify(Array.from(c.floatToInt16(x))));"))
+    assert got == np.frombuffer(float_to_pcm16(samples), "<i2").tolist()
+
+
+def test_browser_reads_the_wire_facts_of_v1_info_or_falls_back_safely() -> None:
+    from streaming.protocol import protocol_facts
+
+    info = json.dumps({"protocol": protocol_facts()})
+    out = json.loads(_node(f"""
+        const known = c.protocolFacts({info}), none = c.protocolFacts(null), old = c.protocolFacts({{protocol: 1}});
+        const view = (f) => ({{known: f.known, retryable: [...f.retryableCodes].sort(),
+                              rates: [c.captureRateHz(4000, f), c.captureRateHz(44100, f), c.captureRateHz(96000, f)]}});
+        console.log(JSON.stringify([view(known), view(none), view(old)]));"""))
+    facts = protocol_facts()
+    assert out[0] == {"known": True, "retryable": sorted(facts["retryable_codes"]),
+                      "rates": [facts["min_sample_rate_hz"], 44100, facts["max_sample_rate_hz"]]}
+    # Without the facts (no /v1/info, or an older server): retry no error, capture at 16 kHz.
+    assert out[1] == out[2] == {"known": False, "retryable": [], "rates": [16000, 16000, 16000]}

@@ -2,7 +2,7 @@
 // Overlay mode (/overlay or ?overlay=1) shows only the last caption lines, for OBS browser sources.
 
 import {
-  CaptionState, formatSubtitles, formatTranscript, infoUrl, streamUrl,
+  CaptionState, captureRateHz, formatSubtitles, formatTranscript, infoUrl, protocolFacts, streamUrl,
 } from "./captions.js";
 import { CaptionStream } from "./stream.js";
 
@@ -24,6 +24,8 @@ const stats = {
   partials: 0,
   finals: 0,
   reconnects: 0,
+  protocolKnown: false, // whether /v1/info gave the wire facts (else: no error is retried, 16 kHz capture)
+  retryableCodes: [],
   state: "idle",
   log: [],
 };
@@ -31,9 +33,11 @@ window.captionStats = stats;
 
 const captions = new CaptionState();
 let info = null;
+let facts = protocolFacts(null); // the wire facts of /v1/info once loaded (retryable codes, rate bounds)
 let capture = null; // {context, stream, node, source}
 let stream = null;
 let idleTimer = null;
+let infoLoaded = Promise.resolve();
 
 // --- rendering --------------------------------------------------------------------------------
 
@@ -114,6 +118,9 @@ async function loadInfo() {
   try {
     const response = await fetch(infoUrl(location));
     info = await response.json();
+    facts = protocolFacts(info);
+    stats.protocolKnown = facts.known;
+    stats.retryableCodes = [...facts.retryableCodes].sort();
   } catch (err) {
     setStatus("error", `cannot reach the server (${err.message})`);
     return;
@@ -172,10 +179,11 @@ async function openCapture(deviceId) {
     },
   });
   let context = new AudioContext();
-  if (context.sampleRate < 8000 || context.sampleRate > 48000) {
-    // The protocol takes 8-48 kHz; let the browser resample in that case.
+  const rate = captureRateHz(context.sampleRate, facts);
+  if (rate !== context.sampleRate) {
+    // A rate the protocol does not take (see /v1/info): let the browser resample.
     await context.close();
-    context = new AudioContext({ sampleRate: 48000 });
+    context = new AudioContext({ sampleRate: rate });
   }
   await context.audioWorklet.addModule("/capture-worklet.js");
   const source = context.createMediaStreamSource(media);
@@ -204,6 +212,7 @@ function closeCapture() {
 
 async function start() {
   $("start").disabled = true;
+  await infoLoaded; // the wire facts decide the capture rate and which errors are retried
   setStatus("connecting", "opening the microphone");
   try {
     capture = await openCapture($("device").value);
@@ -220,6 +229,7 @@ async function start() {
     sampleRate,
     startOptions: startOptions(),
     onEvent,
+    facts,
     onStatus: (state, detail) => {
       if (stream !== current) return;
       if (state !== "live") {
@@ -305,7 +315,8 @@ function init() {
     navigator.mediaDevices.addEventListener("devicechange", () => listDevices().catch(console.warn));
   }
   listDevices().catch(console.warn);
-  loadInfo().then(() => {
+  infoLoaded = loadInfo();
+  infoLoaded.then(() => {
     // An OBS browser source cannot click Start: the overlay starts by itself.
     if (overlay && stats.state !== "error") start();
   });

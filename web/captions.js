@@ -184,12 +184,40 @@ export class ReplayBuffer {
   }
 }
 
-/** Float32 samples in [-1, 1] → Int16Array (little-endian on every browser platform). */
+/**
+ * Float32 samples in [-1, 1] → Int16Array (little-endian on every browser platform), bit for bit
+ * as streaming/audio.py float_to_pcm16: clamp, scale by 32767 in float32, round half to even.
+ */
 export function floatToInt16(samples) {
   const out = new Int16Array(samples.length);
   for (let i = 0; i < samples.length; i++) {
-    const x = Math.max(-1, Math.min(1, samples[i]));
-    out[i] = Math.round(x * 32767);
+    const y = Math.fround(Math.max(-1, Math.min(1, samples[i])) * 32767);
+    let r = Math.round(y); // half up; numpy's rint takes the even neighbour of a tie
+    if (r - y === 0.5 && r % 2 !== 0) r -= 1;
+    out[i] = r;
   }
   return out;
+}
+
+/**
+ * The wire facts of /v1/info (`protocol`: retryable codes, sample-rate bounds), or the safe
+ * fallback when the server did not say: no error is retried, and audio goes out at 16 kHz.
+ */
+export function protocolFacts(info) {
+  const p = info && info.protocol;
+  if (p && typeof p === "object" && Array.isArray(p.retryable_codes)
+      && Number.isInteger(p.min_sample_rate_hz) && Number.isInteger(p.max_sample_rate_hz)) {
+    return {
+      known: true,
+      retryableCodes: new Set(p.retryable_codes),
+      minSampleRateHz: p.min_sample_rate_hz,
+      maxSampleRateHz: p.max_sample_rate_hz,
+    };
+  }
+  return { known: false, retryableCodes: new Set(), minSampleRateHz: 16000, maxSampleRateHz: 16000 };
+}
+
+/** The capture rate to ask for: the device's own rate when the protocol takes it, else the nearest bound. */
+export function captureRateHz(deviceRateHz, facts) {
+  return Math.min(facts.maxSampleRateHz, Math.max(facts.minSampleRateHz, deviceRateHz));
 }

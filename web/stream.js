@@ -1,13 +1,14 @@
 // One caption stream across reconnects: sends PCM s16le to /v1/stream (protocol v1,
 // JSON mode), hands events to the page, measures client-side latency.
 //
-// Like client/mic.py: audio captured while the server is away is kept in a
-// bounded buffer and sent when it is back, and audio not yet covered by a
-// final is sent again after a reconnect, so a server restart loses no utterance.
+// Like client/streaming_client.py: audio captured while the server is away is
+// kept in a bounded buffer and sent when it is back, and audio not yet covered
+// by a final is sent again after a reconnect, so a server restart loses no
+// utterance. Which server errors are worth a reconnect is the server's fact
+// (/v1/info `protocol.retryable_codes`, see protocolFacts), never a copy here.
 
-import { ReplayBuffer, backoffDelayS, floatToInt16 } from "./captions.js";
+import { ReplayBuffer, backoffDelayS, floatToInt16, protocolFacts } from "./captions.js";
 
-const RETRYABLE = new Set(["too_many_sessions", "shutting_down", "idle_timeout", "slow_client", "internal_error"]);
 const MAX_FRAME_S = 0.5;
 
 /** Capture time of absolute sample positions, for latency (ms on the performance.now() clock). */
@@ -49,15 +50,17 @@ export class CaptionStream {
    * @param {(event: object, offsetS: number) => void} opts.onEvent
    * @param {(state: string, detail?: string) => void} opts.onStatus
    * @param {object} opts.stats          receives the latency measurements (window.captionStats)
+   * @param {object} opts.facts          protocolFacts(/v1/info): the retryable error codes
    */
-  constructor({ url, sampleRate, startOptions = {}, onEvent, onStatus, stats, maxBufferS = 120, replayS = 30,
-    stopTimeoutS = 15 }) {
+  constructor({ url, sampleRate, startOptions = {}, onEvent, onStatus, stats, facts = protocolFacts(null),
+    maxBufferS = 120, replayS = 30, stopTimeoutS = 15 }) {
     this.url = url;
     this.sampleRate = sampleRate;
     this.startOptions = startOptions;
     this.onEvent = onEvent;
     this.onStatus = onStatus;
     this.stats = stats;
+    this.retryableCodes = facts.retryableCodes;
     this.stopTimeoutS = stopTimeoutS;
     this.buffer = new ReplayBuffer(Math.round(maxBufferS * sampleRate), Math.round(replayS * sampleRate));
     this.clock = new CaptureClock(sampleRate);
@@ -183,7 +186,7 @@ export class CaptionStream {
       console.warn(`server warning ${event.code}: ${event.message}`);
       return;
     }
-    if (RETRYABLE.has(event.code)) {
+    if (this.retryableCodes.has(event.code)) {
       this.onStatus("reconnecting", `server error ${event.code}`);
       return; // the server closes; onclose reconnects
     }
