@@ -12,7 +12,8 @@ import soxr
 from .protocol import ProtocolError
 
 TARGET_RATE_HZ = 16_000
-_BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1, "alaw": 1}
+BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1, "alaw": 1}
+"""Bytes of one sample in each encoding of ``start``."""
 
 
 def _mulaw_table() -> np.ndarray:
@@ -40,10 +41,10 @@ class PcmDecoder:
     """Decodes a byte stream of mono little-endian PCM into float32 samples in [-1, 1]."""
 
     def __init__(self, encoding: str) -> None:
-        if encoding not in _BYTES_PER_SAMPLE:
+        if encoding not in BYTES_PER_SAMPLE:
             raise ValueError(f"unknown encoding {encoding!r}")
         self.encoding = encoding
-        self.sample_bytes = _BYTES_PER_SAMPLE[encoding]
+        self.sample_bytes = BYTES_PER_SAMPLE[encoding]
         self._pending = b""
 
     @property

@@ -112,14 +112,14 @@ class Parser:
         if self.wire is Wire.JSON:
             if isinstance(frame, bytes):
                 return Audio(frame)
-            return _message_from_map(_json_map(frame))
+            return _message_from_map(parse_json_object(frame))
         if isinstance(frame, str):
             raise ProtocolError("bad_message", "this session speaks msgpack: text frames are not allowed")
         return _message_from_map(_msgpack_map(frame))
 
     def _parse_first(self, frame: str | bytes) -> ClientMessage:
         if isinstance(frame, str):
-            message = _message_from_map(_json_map(frame))
+            message = _message_from_map(parse_json_object(frame))
             if isinstance(message, Start):
                 self.wire = Wire.JSON
             return message
@@ -134,7 +134,8 @@ class Parser:
         raise ProtocolError("audio_before_start", "audio received before the start message")
 
 
-def _json_map(text: str) -> dict[str, Any]:
+def parse_json_object(text: str) -> dict[str, Any]:
+    """A text frame as a JSON object, with every check a v1 message gets (nesting, Unicode); else bad_message."""
     try:
         obj = json.loads(text)
     except RecursionError:

@@ -81,8 +81,7 @@ Action = Emit | Close | OpenUtterance | FeedAudio | RequestPartial | RequestFina
 
 _END_REASONS = {"forced": "finalize"}
 """Endpointer reasons as events name them (others keep theirs: endpoint, max_length, stream_end)."""
-LIVE_VAD_FIELDS = ("endpoint_silence_ms", "endpointing", "max_utterance_s")
-"""VAD options a :class:`~streaming.events.Configure` may change after audio has arrived."""
+
 
 
 @dataclass
@@ -364,8 +363,8 @@ class Session:
     def _configure(self, fields: dict[str, Any]) -> None:
         """Change options mid-stream (from the next utterance on); a refused change keeps the old ones.
 
-        Before any audio everything may change, the audio format too; afterwards only the
-        options the endpointer reads live (:data:`LIVE_VAD_FIELDS`) and the session's own.
+        Before any audio everything may change, the audio format too; afterwards the session's
+        own options and what the endpointer can change live (:meth:`Endpointer.fixed_changes`).
         """
         fields = dict(fields)
         rate, encoding = fields.pop("sample_rate", self._format[0]), fields.pop("encoding", self._format[1])
@@ -379,16 +378,15 @@ class Session:
             session, vad = self._checked_options(self.options, self.vad_options, fields)
         except (ConfigError, OptionError) as exc:
             raise ProtocolError("invalid_update", str(exc)) from None
-        changed = [f.name for f in dataclasses.fields(vad) if getattr(vad, f.name) != getattr(self.vad_options, f.name)]
-        if not fresh and any(name not in LIVE_VAD_FIELDS for name in changed):
-            fixed = ", ".join(name for name in changed if name not in LIVE_VAD_FIELDS)
-            raise ProtocolError("invalid_update", f"{fixed} cannot change after audio has arrived")
+        fixed = [] if fresh else self._endpointer.fixed_changes(vad)
+        if fixed:
+            raise ProtocolError("invalid_update", f"{', '.join(fixed)} cannot change after audio has arrived")
         self.options, self.vad_options = session, vad
         if fresh:
             self._set_format(rate, encoding)
             self._endpointer = Endpointer(vad, classify=self._classify)
         else:
-            self._endpointer.options = vad
+            self._endpointer.reconfigure(vad)
         self._event(ev.Configured(self._effective()))
 
     def _audio(self, pcm: bytes) -> None:

@@ -34,6 +34,8 @@ Silero on the 2-core dev machine (``scripts/vad_cost.py``; see :mod:`.neural_vad
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,6 +130,8 @@ class SpeechClassifier:
         self._last_speech_end = -(1 << 62)
         """End sample of the latest chunk Silero called speech."""
         self._silero = None
+        self.can_change_threshold = speech_threshold > 0
+        """Whether ``speech_threshold`` may change mid-stream (Silero is loaded: only its cut-off moves)."""
         if speech_threshold > 0:
             from .neural_vad import SileroStream
 
@@ -221,6 +225,23 @@ class Endpointer:
     def force_end(self) -> list[VadEvent]:
         """End the open utterance now (client ``finalize``); pending partial frame included."""
         return self._drain_partial_frame() + self._close("forced", include_tail=True)
+
+    def fixed_changes(self, options: VadOptions) -> list[str]:
+        """Fields of ``options`` that differ from the current ones and cannot change mid-stream."""
+        live = {"endpoint_silence_ms", "endpointing", "max_utterance_s", "preroll_ms"}
+        if getattr(self.classify, "can_change_threshold", False):
+            live.add("speech_threshold")
+        return [f.name for f in dataclasses.fields(options)
+                if f.name not in live and getattr(options, f.name) != getattr(self.options, f.name)]
+
+    def reconfigure(self, options: VadOptions) -> None:
+        """Apply new options from the next frame on (check :meth:`fixed_changes` first)."""
+        if options.preroll_ms != self.options.preroll_ms:
+            frames = max(0, (options.preroll_ms + CONFIRM_LOOKBACK_MS) // options.frame_ms)
+            self._preroll = deque(self._preroll, maxlen=frames)
+        if options.speech_threshold != self.options.speech_threshold:
+            self.classify.speech_threshold = options.speech_threshold
+        self.options = options
 
     def clear(self) -> None:
         """Forget the open utterance (client ``clear``); the stream position keeps counting, so later

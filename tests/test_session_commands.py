@@ -174,8 +174,10 @@ def test_configure_before_audio_may_change_everything_including_the_format():
     ({"endpoint_silence_ms": 300}, True),
     ({"endpointing": False}, True),
     ({"language": "en", "context": "clubs"}, True),
+    ({"preroll_ms": 500}, True),
+    ({"speech_threshold": 0.7}, False),  # the test's classifier has no Silero cut-off to move
     ({"sample_rate": 8000}, False),
-    ({"preroll_ms": 500}, False),
+    ({"vad_aggressiveness": 3}, False),
     ({"endpoint_silence_ms": 5}, False),
     ({"language": "xx"}, False),
     ({"nonsense": 1}, False),
@@ -228,3 +230,18 @@ def test_g711_audio_is_heard(encoding):
     c.do(ev.Stop())
     [final] = c.of(ev.Final)
     assert final.start_s == pytest.approx(0.15, abs=0.05) and final.end_s == pytest.approx(1.3, abs=0.05)
+
+
+@pytest.mark.parametrize("threshold, live", [(0.5, True), (0.0, False)])
+def test_the_speech_threshold_changes_live_only_where_silero_runs(threshold, live):
+    import dataclasses
+
+    from streaming.config import VadOptions
+    from streaming.vad import Endpointer
+
+    endpointer = Endpointer(VadOptions(speech_threshold=threshold))
+    new = dataclasses.replace(endpointer.options, speech_threshold=0.7, preroll_ms=400, endpoint_silence_ms=300)
+    assert endpointer.fixed_changes(new) == ([] if live else ["speech_threshold"])
+    if live:
+        endpointer.reconfigure(new)
+        assert endpointer.classify.speech_threshold == 0.7 and endpointer.options == new

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import events as ev
-from ..audio import PcmDecoder
+from ..audio import BYTES_PER_SAMPLE
 from ..auth import offered_subprotocols
-from ..protocol import ProtocolError, _json_map, encode_event, shown
+from ..protocol import ProtocolError, encode_event, parse_json_object, shown
 from . import openai_events as oe
 from .base import Codec, Frame, Handshake, HandshakeRefused
 
@@ -106,7 +106,7 @@ class OpenAIRealtimeCodec(Codec):
         if isinstance(frame, bytes):
             raise ProtocolError("bad_message", "binary frames are not events: send audio in "
                                                "input_audio_buffer.append (base64)")
-        message = _json_map(frame)
+        message = parse_json_object(frame)
         kind = message.get("type")
         client_event_id = message.get("event_id") if isinstance(message.get("event_id"), str) else None
         handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
@@ -134,7 +134,7 @@ class OpenAIRealtimeCodec(Codec):
         return [ev.Audio(pcm)]  # bytes pass through: the session's decoder keeps a split sample
 
     def _commit(self, message: dict[str, Any], client_event_id: str | None) -> list[ev.Command | Frame]:
-        sample_bytes = PcmDecoder(self.settings.encoding).sample_bytes
+        sample_bytes = BYTES_PER_SAMPLE[self.settings.encoding]
         needed = int(self.settings.sample_rate * MIN_COMMIT_S) * sample_bytes
         if self._buffered_bytes < needed:
             seconds = self._buffered_bytes / sample_bytes / self.settings.sample_rate
