@@ -38,7 +38,7 @@ from typing import Any
 
 from .. import events as ev
 from ..config import MAX_CONTEXT_CHARS
-from ..protocol import ProtocolError, round_time, shown
+from ..protocol import ProtocolError, parse_json_object, round_time, shown
 from ..results import Word
 from ..session import estimate_words
 from .base import Codec, Frame, Handshake
@@ -49,8 +49,6 @@ NET_0001_REASON = ("Deepgram did not receive audio data or a text message within
 """Deepgram's close reason for its idle timeout (code 1011), word for word: clients match on it."""
 SCHEMA_ERROR_CODES = ("bad_message", "unknown_message")
 """Error codes that Deepgram reports as ``SchemaError`` (a client text message it cannot read)."""
-MAX_TEXT_FRAME_CHARS = 64 << 10
-"""Longest text message read; Deepgram's control messages are a few dozen bytes."""
 MAX_ECHOED_CHARS = 200
 """How much of an unreadable message a ``SchemaError`` echoes in ``message``."""
 
@@ -108,22 +106,19 @@ class DeepgramCodec(Codec):
 
     def _json(self, frame: str) -> dict[str, Any]:
         try:
-            message = json.loads(frame) if len(frame) <= MAX_TEXT_FRAME_CHARS else None
-        except (ValueError, RecursionError):
-            message = None
-        if not isinstance(message, dict):
+            return parse_json_object(frame)
+        except ProtocolError:
             self._refused_text = _excerpt(frame)
-            raise ProtocolError("bad_message", "a text message must be a JSON object with a string field 'type'")
-        return message
+            raise
 
     def _configure(self, message: dict[str, Any], frame: str) -> list[ev.Command | Frame]:
         """``Configure``: ``keyterms`` replace the session's context from the next utterance on."""
         keyterms = message.get("keyterms")
         if keyterms is None:  # nothing this server changes (``features`` has no effect here)
             return [self._frame({"type": "ConfigureSuccess", "request_id": self.request_id})]
-        if not isinstance(keyterms, list) or not all(isinstance(t, str) and _is_text(t) for t in keyterms):
+        if not isinstance(keyterms, list) or not all(isinstance(t, str) for t in keyterms):
             self._refused_text = _excerpt(frame)
-            raise ProtocolError("bad_message", "Configure's keyterms must be an array of strings (Unicode text)")
+            raise ProtocolError("bad_message", "Configure's keyterms must be an array of strings")
         terms = list(dict.fromkeys(t.strip() for t in keyterms if t.strip()))
         if len(context_of(terms)) > MAX_CONTEXT_CHARS:
             return [self._frame({"type": "ConfigureFailure", "request_id": self.request_id,
@@ -263,15 +258,6 @@ def _excerpt(text: str) -> str:
     """The start of a client text, safe to send back (a lone surrogate becomes ``?``)."""
     text = text if len(text) <= MAX_ECHOED_CHARS else text[:MAX_ECHOED_CHARS] + "…"
     return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def _is_text(value: str) -> bool:
-    """Whether a JSON string is real Unicode text (``"\\ud800"`` decodes to a lone surrogate, which is not)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _json_text(message: dict[str, Any]) -> str:
