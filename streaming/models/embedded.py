@@ -531,6 +531,9 @@ class WhisperAssets:
     """Also suppressed at the first generated step (blank and end of text)."""
     alignment_heads: list[tuple[int, int]]
     """``(decoder layer, head)`` pairs whose cross-attention tracks time."""
+    alignment_heads_known: bool = True
+    """``False`` when the checkpoint declares no heads and none are published for it, so
+    :attr:`alignment_heads` is the fallback (all heads of the last half of the decoder layers)."""
 
 
 def is_embedded(name: str) -> bool:
@@ -594,7 +597,7 @@ def load_ct2_whisper(sources: Ct2Sources, name: str, cache_dir: str | Path | Non
             _write_cache(cache_file, state, config)
 
     model = _build_model(config, state)
-    model.generation_config = _generation_config(config, ct2_config, tokenizer)
+    model.generation_config = _generation_config(config, ct2_config, tokenizer, name)
     feature_extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
     return whisper_assets_from_pretrained(model, tokenizer, feature_extractor, name)
 
@@ -638,9 +641,13 @@ def _is_multilingual(vocab_size: int) -> bool:
     return vocab_size >= 51865
 
 
-def _generation_config(config: WhisperConfig, ct2_config: dict,
-                       tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
-    """A generation config so that ``model.generate`` and :func:`whisper_assets_from_pretrained` agree."""
+def _generation_config(config: WhisperConfig, ct2_config: dict, tokenizer: PreTrainedTokenizerFast,
+                       name: str = "") -> GenerationConfig:
+    """A generation config so that ``model.generate`` and :func:`whisper_assets_from_pretrained` agree.
+
+    It carries the alignment heads (word timestamps) of the CT2 config, else the ones openai/whisper
+    publishes for ``name``, else none (then the backend falls back and says so).
+    """
     from transformers import GenerationConfig
 
     multilingual = _is_multilingual(config.vocab_size)
@@ -655,18 +662,28 @@ def _generation_config(config: WhisperConfig, ct2_config: dict,
                 lang_to_id[token] = int(token_id)
         task_to_id = {task: tid for task in ("transcribe", "translate")
                       if (tid := _token_id(tokenizer, f"<|{task}|>")) is not None}
-    heads = ct2_config.get("alignment_heads") or _default_alignment_heads(config)
+    heads = ct2_config.get("alignment_heads") or _published_heads(name, config) or None
     return GenerationConfig(
         decoder_start_token_id=config.decoder_start_token_id, eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id,
         max_length=config.max_target_positions,
         suppress_tokens=list(config.suppress_tokens or []),
         begin_suppress_tokens=list(config.begin_suppress_tokens or []),
-        alignment_heads=[[int(a), int(b)] for a, b in heads],
+        alignment_heads=[[int(a), int(b)] for a, b in heads] if heads else None,
         no_timestamps_token_id=_required_id(tokenizer, "<|notimestamps|>"),
         is_multilingual=multilingual, lang_to_id=lang_to_id, task_to_id=task_to_id,
         forced_decoder_ids=None,
     )
+
+
+def _published_heads(name: str, config: WhisperConfig) -> list[tuple[int, int]] | None:
+    """openai/whisper's published alignment heads for a checkpoint called ``name``, if they fit its shape."""
+    from streaming.models.timing import published_alignment_heads
+
+    try:
+        return published_alignment_heads(name, config.decoder_layers, config.decoder_attention_heads)
+    except ValueError:  # a different architecture that happens to share the name
+        return None
 
 
 def _default_alignment_heads(config: WhisperConfig) -> list[tuple[int, int]]:
@@ -766,7 +783,8 @@ def whisper_assets_from_pretrained(model: WhisperForConditionalGeneration, token
             value = getattr(config, attr, None)
         return list(value or [])
 
-    heads = pick("alignment_heads") or _default_alignment_heads(config)
+    declared_heads = pick("alignment_heads") or _published_heads(name, config)
+    heads = declared_heads or _default_alignment_heads(config)
     eot = _required_id(tokenizer, "<|endoftext|>")
     return WhisperAssets(
         model=model,
@@ -784,4 +802,5 @@ def whisper_assets_from_pretrained(model: WhisperForConditionalGeneration, token
         suppress_ids=[int(i) for i in pick("suppress_tokens")],
         suppress_ids_begin=[int(i) for i in pick("begin_suppress_tokens")],
         alignment_heads=[(int(a), int(b)) for a, b in heads],
+        alignment_heads_known=bool(declared_heads),
     )

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from streaming.models import timing
 from streaming.models.base import (
     SAMPLE_RATE_HZ,
     Backend,
@@ -32,6 +33,7 @@ from streaming.models.base import (
     OptionError,
     UtteranceOptions,
     UtteranceState,
+    Word,
 )
 from streaming.stability import LocalAgreement
 
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Scripts written without spaces between words: stability units are characters there.
 UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue", "bo", "km"})
+_BPE_SPACES = frozenset("ĠĊĉ")
+"""How byte-level BPE token strings spell a space, a newline and a tab."""
 
 
 @dataclass
@@ -76,6 +80,8 @@ class _Decoded:
     """``"eot"``, ``"cap"`` or ``"loop"``."""
     no_speech_prob: float
     avg_logprob: float
+    token_logprobs: list[float]
+    """Log-probability of each of :attr:`tokens` when it was chosen."""
 
 
 def _no_work() -> dict[str, Any]:
@@ -230,6 +236,10 @@ class WhisperBackend(Backend):
         begin[[i for i in assets.suppress_ids_begin if 0 <= i < vocab]] = True
         self._suppress_begin = begin.to(self.device)
         self._id_text: dict[int, str] = {}
+        self.alignment_heads = list(assets.alignment_heads)
+        self.word_timing = timing.TIMING_ALIGNMENT_HEADS if assets.alignment_heads_known \
+            else timing.TIMING_FALLBACK_HEADS
+        """What :attr:`FinalResult.word_timing` says: known alignment heads, or the fallback."""
 
     # ------------------------------------------------------------------ constructors
 
@@ -305,7 +315,7 @@ class WhisperBackend(Backend):
     def finalize(self, states: list[WhisperUtteranceState]) -> list[FinalResult]:  # type: ignore[override]
         active = self._audible(states)
         results: list[FinalResult | None] = [
-            None if i in active else FinalResult("", st.language, _no_work()) for i, st in enumerate(states)]
+            None if i in active else self._final("", st, _no_work(), []) for i, st in enumerate(states)]
         if active:
             rows = [states[i] for i in active]
             with torch.inference_mode():
@@ -314,16 +324,38 @@ class WhisperBackend(Backend):
                 self._detect_language(rows, enc, lock=False)
                 prompts = [self._prompt(st) for st in rows]
                 caps = [self._token_cap(st) for st in rows]
-                decoded = self._greedy(enc, prompts, caps, self._suppress, self._suppress_begin)
+                cross_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = \
+                    [] if any(st.options.word_timestamps for st in rows) else None
+                decoded = self._greedy(enc, prompts, caps, self._suppress, self._suppress_begin, cross_kv)
                 dec_ms = (time.perf_counter() - t0) * 1000
-            for i, st, d in zip(active, rows, decoded, strict=True):
-                text = "" if self._is_silence(d) else self._decode_text(d.tokens)
+                tokens = [[] if self._is_silence(d) else d.tokens for d in decoded]
+                # Word timings cost one more (short) decoder pass, only for the rows that ask for them.
+                timed = [k for k, st in enumerate(rows) if st.options.word_timestamps and tokens[k]]
+                t0 = time.perf_counter()
+                words: dict[int, list[Word]] = {}
+                if timed and cross_kv:
+                    sel = torch.tensor(timed, device=self.device)
+                    aligned = self._align_words([rows[k] for k in timed], enc.index_select(0, sel),
+                                                [tokens[k] for k in timed],
+                                                [decoded[k].token_logprobs for k in timed],
+                                                [(k.index_select(0, sel), v.index_select(0, sel)) for k, v in cross_kv])
+                    words = dict(zip(timed, aligned, strict=True))
+                align_ms = (time.perf_counter() - t0) * 1000
+            for k, (i, st, d) in enumerate(zip(active, rows, decoded, strict=True)):
                 stats = {"encoder_ms": enc_ms, "decode_ms": dec_ms, "tokens": len(d.tokens), "batch": len(rows),
                          "stop": d.stop, "no_speech_prob": round(d.no_speech_prob, 3),
                          "avg_logprob": round(d.avg_logprob, 3)}
-                results[i] = FinalResult(text, st.language, stats)
+                if k in words:
+                    stats["align_ms"] = align_ms
+                results[i] = self._final(self._final_text(tokens[k]), st, stats, words.get(k, []))
                 st.encoded = None  # the utterance is closed: free the encoder output
         return results  # type: ignore[return-value]
+
+    def _final(self, text: str, st: WhisperUtteranceState, stats: dict[str, Any], words: list[Word]) -> FinalResult:
+        """A final, with its words when the utterance asked for word timestamps."""
+        if not st.options.word_timestamps:
+            return FinalResult(text, st.language, stats)
+        return FinalResult(text, st.language, stats, words=words, word_timing=self.word_timing)
 
     def warmup(self) -> None:
         rng = np.random.default_rng(0)
@@ -385,13 +417,15 @@ class WhisperBackend(Backend):
                 st.language_locked = True
 
     def _greedy(self, enc: torch.Tensor, prompts: list[list[int]], caps: list[int], suppress: torch.Tensor,
-                suppress_begin: torch.Tensor | None = None) -> list[_Decoded]:
+                suppress_begin: torch.Tensor | None = None,
+                cross_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[_Decoded]:
         """Batched greedy decoding of rows with prompts of different lengths.
 
         The prompts are right-padded into one prefill; the cache then holds
         padding columns that a per-row mask hides, and each row's positions
         count only its real tokens, so every row computes exactly what it would
-        alone. Rows that finish are dropped from the cache.
+        alone. Rows that finish are dropped from the cache. ``cross_kv``, when
+        given, receives each layer's cross-attention keys and values of all rows.
         """
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
@@ -410,6 +444,8 @@ class WhisperBackend(Backend):
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         hidden = self.decoder(input_ids=ids, encoder_hidden_states=enc, cache=cache, use_cache=True,
                               position_ids=positions, attention_mask=self._additive(allowed)).last_hidden_state
+        if cross_kv is not None:  # reordering below makes new tensors: these stay whole
+            cross_kv.extend((layer.keys, layer.values) for layer in cache.cross_attention_cache.layers)
 
         # No-speech probability: the distribution right after <|startoftranscript|>.
         no_speech = [0.0] * B
@@ -419,13 +455,14 @@ class WhisperBackend(Backend):
         last = hidden[torch.arange(B, device=dev), lengths - 1]  # [B, d]
 
         out_tokens: list[list[int]] = [[] for _ in range(B)]
-        logprob_sum = [0.0] * B
+        out_logprobs: list[list[float]] = [[] for _ in range(B)]
+        logprob_sum = [0.0] * B  # over every generated token, a loop's cut repeats included
         stops = ["cap" if cap <= 0 else "" for cap in caps]
         alive = [r for r in range(B) if not stops[r]]  # original row of each live cache row
         step_pos = lengths
         if len(alive) < B:
             if not alive:
-                return [_Decoded([], "cap", float(p), 0.0) for p in no_speech]
+                return [_Decoded([], "cap", float(p), 0.0, []) for p in no_speech]
             sel = torch.tensor(alive, device=dev)
             cache.reorder_cache(sel)
             last, valid, step_pos, enc = last[sel], valid[sel], step_pos[sel], enc[sel]
@@ -444,11 +481,13 @@ class WhisperBackend(Backend):
                     stops[r] = "eot"
                     continue
                 out_tokens[r].append(tok)
+                out_logprobs[r].append(lp)
                 logprob_sum[r] += lp
                 loop_end = find_loop(out_tokens[r])
                 if loop_end is not None:
                     log.debug("decoder loop after %d tokens, truncated to %d", len(out_tokens[r]), loop_end)
                     del out_tokens[r][loop_end:]
+                    del out_logprobs[r][loop_end:]
                     stops[r] = "loop"
                 elif len(out_tokens[r]) >= caps[r]:
                     stops[r] = "cap"
@@ -468,11 +507,8 @@ class WhisperBackend(Backend):
             step_pos = step_pos + 1
             last = hidden[:, -1]
 
-        results = []
-        for r in range(B):
-            n = max(1, len(out_tokens[r]))
-            results.append(_Decoded(out_tokens[r], stops[r] or "eot", float(no_speech[r]), logprob_sum[r] / n))
-        return results
+        return [_Decoded(out_tokens[r], stops[r] or "eot", float(no_speech[r]),
+                         logprob_sum[r] / max(1, len(out_tokens[r])), out_logprobs[r]) for r in range(B)]
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits (float32) of hidden states [B, d]: the costliest part of a decoder step."""
@@ -496,6 +532,95 @@ class WhisperBackend(Backend):
         if not tokens:
             return ""
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    def _final_text(self, tokens: list[int]) -> str:
+        """The final's text: the decoded tokens with whitespace runs made single spaces (words join back to it)."""
+        return " ".join(self._decode_text(tokens).split())
+
+    def _align_words(self, states: list[WhisperUtteranceState], enc: torch.Tensor, tokens: list[list[int]],
+                     token_logprobs: list[list[float]], cross_kv: list[tuple[torch.Tensor, torch.Tensor]],
+                     ) -> list[list[Word]]:
+        """Word times of each row's final tokens from one batched, teacher-forced decoder pass.
+
+        As openai/whisper does: the sequence is the start-of-transcript prefix (no
+        context prompt), the tokens and end-of-text; the alignment heads' attention
+        logits over the row's real frames go to :mod:`streaming.models.timing`.
+        ``cross_kv`` are the rows' cross-attention keys/values from the decode, so
+        the pass costs only the few text positions. A word's probability is the
+        mean of its tokens' probabilities in that decode.
+        """
+        seqs = [self._prompt(st) + toks + [self.eot_id] for st, toks in zip(states, tokens, strict=True)]
+        frames = [max(1, min(st.num_samples, self.log_mel.max_samples) // self.log_mel.hop // 2) for st in states]
+        qk = self._alignment_logits(enc, seqs, cross_kv, max(frames))
+        out = []
+        for r, (st, toks) in enumerate(zip(states, tokens, strict=True)):
+            first = len(seqs[r]) - len(toks) - 2  # position of the last prefix token: it predicts toks[0]
+            scores = timing.alignment_matrix(qk[r, :, first: first + len(toks) + 1, : frames[r]].numpy())
+            bounds = timing.token_boundaries_s(scores)
+            spans = self._word_spans(toks, st.language in UNSPACED_LANGUAGES)
+            texts = [self.tokenizer.decode(toks[a:b]) for a, b in spans]
+            punctuation = [timing.is_punctuation(self.tokenizer.decode([t])) for t in toks]
+            probs = np.exp(token_logprobs[r]).tolist()
+            out.append(timing.build_words(texts, spans, bounds, probs, st.duration_s, punctuation))
+        return out
+
+    def _alignment_logits(self, enc: torch.Tensor, seqs: list[list[int]],
+                          cross_kv: list[tuple[torch.Tensor, torch.Tensor]], num_frames: int) -> torch.Tensor:
+        """Cross-attention logits of the alignment heads [B, heads, T, frames] (float32, CPU).
+
+        Rows are right-padded; causal attention keeps padding out of the real
+        positions. Pre-hooks on the cross-attention layers take their queries and
+        compute q·k for the alignment heads only, over the first ``num_frames``
+        frames, so the softmax can be taken over the audio alone (as openai/whisper does).
+        """
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        dev = self.device
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.eot_id, dtype=torch.long, device=dev)
+        for i, seq in enumerate(seqs):
+            ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        cols = torch.arange(width, device=dev)
+        causal = (cols[None, :] <= cols[:, None])[None].expand(len(seqs), width, width)
+        cross = DynamicCache()
+        for layer, (keys, values) in enumerate(cross_kv):
+            cross.update(keys, values, layer)
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in self.alignment_heads:
+            by_layer.setdefault(layer, []).append(head)
+        captured: dict[int, torch.Tensor] = {}
+
+        def capture(layer: int, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            heads = by_layer[layer]
+            q = (module.q_proj(hidden) * module.scaling).unflatten(-1, (-1, module.head_dim))[:, :, heads]
+            k = cross_kv[layer][0][:, heads, :num_frames]  # [B, h, F, d]: k_proj of the audio, from the decode
+            captured[layer] = torch.einsum("bthd,bhfd->bhtf", q.float(), k.float())
+
+        layers = self.decoder.layers
+        hooks = [layers[layer].encoder_attn.register_forward_pre_hook(
+            lambda m, a, kw, layer=layer: capture(layer, m, a, kw), with_kwargs=True) for layer in by_layer]
+        try:
+            # The cache already holds the cross-attention keys/values: `enc` is not projected again.
+            self.decoder(input_ids=ids, encoder_hidden_states=enc, cache=EncoderDecoderCache(DynamicCache(), cross),
+                         use_cache=True, position_ids=cols[None].expand(len(seqs), width),
+                         attention_mask=self._additive(causal))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return torch.cat([captured[layer] for layer in by_layer], dim=1).cpu()
+
+    def _word_spans(self, tokens: list[int], unspaced: bool) -> list[tuple[int, int]]:
+        """Token ranges of the words of ``tokens``: a leading space starts a word; characters in unspaced scripts."""
+        if unspaced:
+            spans, start = [], 0
+            for _, group in self._units(tokens, unspaced=True):
+                spans.append((start, start + len(group)))
+                start += len(group)
+            return spans
+        pieces = [self._token_text(t) for t in tokens]
+        return timing.word_token_spans([p[:1] in _BPE_SPACES for p in pieces],
+                                       [bool(p) and all(c in _BPE_SPACES for c in p) for p in pieces])
 
     def _token_text(self, tok: int) -> str:
         text = self._id_text.get(tok)
