@@ -103,7 +103,10 @@ class StreamingServer:
             # A small receive queue: frames waiting in it are memory too (backpressure stops reading).
             # Keepalive pings are the connection's own (_Connection._keepalive): websockets' would
             # drop a client whose pong waits behind audio the server chose not to read yet.
-            ping_interval=None, ping_timeout=None, max_queue=8, close_timeout=opts.close_timeout_s)
+            ping_interval=None, ping_timeout=None, max_queue=8, close_timeout=opts.close_timeout_s,
+            # websockets' open_timeout would also cut process_request, which a file transcription
+            # outlives; HttpServerConnection bounds the request head itself (request_head_timeout_s).
+            open_timeout=None)
         self.loop_lag.start()
         # The model and its libraries leave ~350,000 long-lived objects; a full garbage
         # collection over them took 360 ms on the event loop (the worst stall a flood of small
@@ -188,6 +191,10 @@ class StreamingServer:
         authorized = key is not None or not self.keyring.enabled
         endpoint = decision.endpoint
         if endpoint == "stream":
+            held = self._sessions_of(key.id) if key is not None else 0
+            refusal = auth.authorize_session(self.keyring, key, token is not None, held)
+            if refusal is not None:  # the key first, as the emulated services do: no key, no details
+                return self._refuse(decision, refusal, source)
             path = request.path.partition("?")[0]
             handshake = Handshake(path, decision.query, request.headers)
             try:
@@ -196,10 +203,6 @@ class StreamingServer:
                 log.warning("refused %s: %s", path, exc.message)
                 return self._reply(decision, http.text_reply(exc.status, exc.message))
             connection.handshake = handshake
-            held = self._sessions_of(key.id) if key is not None else 0
-            refusal = auth.authorize_session(self.keyring, key, token is not None, held)
-            if refusal is not None:
-                return self._refuse(decision, refusal, source)
             connection.principal = key.id if key is not None else None
             return None
         if endpoint == "transcriptions":
