@@ -36,6 +36,7 @@ from .engine import Engine, EngineClosed
 from .handshake import BodyError
 from .http import Reply, header_values
 from .results import SAMPLE_RATE_HZ, FinalResult, OptionError, UtteranceOptions
+from .results import estimate_words
 from .transcriptions import (Segment, Transcript, TranscriptionError, TranscriptionRequest, error_reply,
                              form_boundary, format_response, parse_form, parse_multipart)
 from .vad import Endpointer, StreamClassifier, UtteranceAudio, UtteranceEnded, UtteranceStarted, default_classifier
@@ -267,22 +268,27 @@ class TranscriptionService:
         finally:
             for key in keys:
                 self.engine.discard(key)  # no-op for the finished ones
-        return _transcript(audio.duration_s, options.language, cut, results)
+        return _transcript(audio.duration_s, options, cut, results)
 
 
-def _transcript(duration_s: float, language: str | None, utterances: list[Utterance],
+def _transcript(duration_s: float, options: UtteranceOptions, utterances: list[Utterance],
                 results: list[FinalResult]) -> Transcript:
-    """Segments in file time: the utterance's span, its text, its words shifted from utterance time."""
+    """Segments in file time: the utterance's span, its text, its words shifted from utterance time
+    (estimated over the span, as the sessions do, when the backend gives none)."""
     segments = []
     for utt, res in zip(utterances, results, strict=True):
         text = res.text.strip()
         if not text:
             continue
         start_s, end_s = utt.start_sample / SAMPLE_RATE_HZ, utt.end_sample / SAMPLE_RATE_HZ
-        words = None if res.words is None else tuple(w.shifted(start_s) for w in res.words)
+        words = None
+        if res.words is not None:
+            words = tuple(w.shifted(start_s) for w in res.words)
+        elif options.word_timestamps:
+            words = estimate_words(text, start_s, end_s)
         segments.append(Segment(start_s, end_s, text, words))
     detected = next((r.language for r in results if r.language and r.text.strip()), None)
-    return Transcript(duration_s, detected or language, tuple(segments))
+    return Transcript(duration_s, detected or options.language, tuple(segments))
 
 
 def _file_too_large(max_bytes: int) -> TranscriptionError:

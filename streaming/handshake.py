@@ -148,16 +148,21 @@ def _handshake_parser(protocol: ServerProtocol, body: _BodyRequest) -> Generator
     if has_body(request.headers):
         # Never upgraded: leave the body unread rather than parse it as WebSocket frames, unless
         # the endpoint asks for it (read_body); the response swaps in a parser that discards it.
-        while body.framing is None:
+        while body.framing is None and not protocol.reader.eof:
             yield
-        try:
-            body.settle((yield from read_body(protocol.reader, body.framing, body.max_bytes)))
-        except BodyError as exc:
-            body.settle(error=exc)
+        if body.framing is not None:
+            try:
+                body.settle((yield from read_body(protocol.reader, body.framing, body.max_bytes)))
+            except BodyError as exc:
+                body.settle(error=exc)
         while not (yield from protocol.reader.at_eof()):  # whatever follows the body is dropped
             protocol.reader.discard()
-        while True:
-            yield
+        # The client went away before the response: close as websockets does for a cut request.
+        protocol.send_eof()
+        protocol.parser = protocol.discard()
+        next(protocol.parser)
+        yield
+        return
     yield from Protocol.parse(protocol)  # WebSocket frames once the handshake succeeded
 
 
@@ -184,8 +189,10 @@ class HttpServerConnection(ServerConnection):
         Answers ``Expect: 100-continue`` first. Raises :class:`BodyError` (400, 411, 413, 501).
         Time is bounded by the caller (and by websockets' ``open_timeout``, when one is set).
         """
-        if self.request is None or self._body.result is not None or self.protocol.parser is not self._parser:
+        if self.request is None or self._body.result is not None:
             raise RuntimeError("read_body is for the one request whose response is not sent yet")
+        if self.protocol.parser is not self._parser:  # the parser saw the end of the stream
+            raise BodyError(400, "the connection closed before the body was read")
         framing = body_framing(self.request.headers)
         if isinstance(framing, Reply):
             raise BodyError(framing.status, framing.body.decode().strip())
