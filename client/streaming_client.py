@@ -144,6 +144,7 @@ class StreamingClient:
         while True:
             item = await self._queue.get()
             if item is _DONE:
+                self._queue.put_nowait(_DONE)  # a later events() ends at once too
                 if self._failure is not None:
                     raise self._failure
                 return

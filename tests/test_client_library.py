@@ -276,6 +276,31 @@ async def test_transcribe_gives_the_text_of_the_raw_protocol(server_url: str, cl
 
 
 @pytest.mark.slow
+async def test_manual_mode_finalize_and_clear(server_url: str, clips) -> None:
+    """``endpointing=False``: only finalize ends an utterance; clear drops the open one (a typed Cleared)."""
+    audio = clips["lib_left"].load(16_000)
+    async with asyncio.timeout(120):
+        async with StreamingClient(server_url, endpointing=False) as client:
+            await client.send(np.zeros(8000, np.float32))
+            await client.send(audio[:32_000])
+            await client.clear()  # mid-sentence: dropped, no final
+            await client.send(np.zeros(8000, np.float32))
+            await client.send(audio)
+            await client.send(np.zeros(24_000, np.float32))  # a pause that manual mode does not end on
+            await client.finalize()
+            await client.send(np.zeros(8000, np.float32))
+            await client.stop()
+            events = [e async for e in client.events()]
+            assert [e async for e in client.events()] == []  # over: a second reading ends at once
+    cleared = [e for e in events if isinstance(e, Cleared)]
+    finals = [e for e in events if isinstance(e, Final)]
+    assert len(cleared) == 1 and cleared[0].utterance_id == 0 and cleared[0].at_s == pytest.approx(2.5, abs=0.01)
+    assert [f.utterance_id for f in finals] == [1] and "curtain on the left" in finals[0].text
+    assert finals[0].end_s == pytest.approx(3.0 + len(audio) / 16_000 + 1.5, abs=0.05)  # ended by finalize
+    assert isinstance(events[-1], End) and client.outcome == "ended"
+
+
+@pytest.mark.slow
 async def test_a_fatal_error_is_a_typed_event_and_ends_the_stream(server_url: str) -> None:
     async with StreamingClient(server_url, endpoint_silence_ms=5) as client:  # out of range: 100-5000
         events = [e async for e in client.events()]
