@@ -206,8 +206,8 @@ def test_browser_reads_the_wire_facts_of_v1_info_or_falls_back_safely() -> None:
     info = json.dumps({"protocol": protocol_facts()})
     out = json.loads(_node(f"""
         const known = c.protocolFacts({info}), none = c.protocolFacts(null), old = c.protocolFacts({{protocol: 1}});
-        const view = (f) => ({{known: f.known, retryable: [...f.retryableCodes].sort(),
-                              rates: [c.captureRateHz(4000, f), c.captureRateHz(44100, f), c.captureRateHz(96000, f)]}});
+        const rates = (f) => [4000, 44100, 96000].map((hz) => c.captureRateHz(hz, f));
+        const view = (f) => ({{known: f.known, retryable: [...f.retryableCodes].sort(), rates: rates(f)}});
         console.log(JSON.stringify([view(known), view(none), view(old)]));"""))
     facts = protocol_facts()
     assert out[0] == {"known": True, "retryable": sorted(facts["retryable_codes"]),
