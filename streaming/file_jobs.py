@@ -121,8 +121,9 @@ class AudioFile:
 
 
 def _undecodable(exc: BaseException) -> TranscriptionError:
-    return TranscriptionError(400, f"could not decode the audio file ({exc}); send WAV, FLAC, OGG (Vorbis, Opus), "
-                              "MP3 or AIFF", "file", "invalid_value")
+    why = getattr(exc, "error_string", None) or str(exc)  # libsndfile's own words, without the stream's repr
+    return TranscriptionError(400, f"could not decode the audio file ({why.rstrip('.')}); send WAV, FLAC, "
+                              "OGG (Vorbis, Opus), MP3 or AIFF", "file", "invalid_value")
 
 
 def _too_long(max_audio_s: float) -> TranscriptionError:
@@ -206,7 +207,9 @@ class TranscriptionService:
         if len(request.audio) > self.limits.max_upload_bytes:
             raise _file_too_large(self.limits.max_upload_bytes)
         session = self.config.session
-        options = UtteranceOptions(language=request.language or session.language,
+        # The sessions' defaults, as a stream that sets nothing gets them (previous_text stays unset: the
+        # utterances are decoded at once, not in turn, and no backend uses it).
+        options = UtteranceOptions(language=request.language or session.language, window_s=session.window_s,
                                    context=request.prompt or session.context, word_timestamps=request.words)
         try:
             self.engine.backend.validate_options(options)
@@ -220,7 +223,8 @@ class TranscriptionService:
         transcript = work.result()
         if self.metrics is not None:
             self.metrics.audio_in(transcript.duration_s)
-        return format_response(transcript, request), transcript.duration_s, len(transcript.segments)
+        reply = await asyncio.to_thread(format_response, transcript, request)  # hours of words: a big JSON
+        return reply, transcript.duration_s, len(transcript.segments)
 
     async def _read_body(self, connection: Upload) -> bytes:
         try:
@@ -236,8 +240,11 @@ class TranscriptionService:
 
     async def _transcribe(self, job: str, request: TranscriptionRequest, options: UtteranceOptions) -> Transcript:
         """Cut the file in a thread, one utterance at a time, and decode each in the engine."""
-        audio = await asyncio.to_thread(AudioFile, request.audio, self.limits.max_audio_s)
-        endpointer = Endpointer(self.vad, classify=self.classifier(self.vad))
+        def prepare() -> tuple[AudioFile, Endpointer]:  # opening the file and the VAD model take a while
+            return (AudioFile(request.audio, self.limits.max_audio_s),
+                    Endpointer(self.vad, classify=self.classifier(self.vad)))
+
+        audio, endpointer = await asyncio.to_thread(prepare)
         utterances = cut_utterances(audio.blocks(), endpointer)
         room = asyncio.Semaphore(max(1, self.engine.max_batch))
         cut: list[Utterance] = []

@@ -13,6 +13,8 @@ import socket
 import numpy as np
 import pytest
 import soundfile as sf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client.subtitles import parse_subtitles
 from streaming.config import MAX_CONTEXT_CHARS, VadOptions
@@ -108,6 +110,25 @@ def test_form_boundary(content_type, expected):
         assert err.value.status == 400
     else:
         assert form_boundary(content_type) == expected
+
+
+GOOD = form(("file", b"\x00RIFF\r\n--Xy", "a.wav", "audio/wav"), ("response_format", "verbose_json"),
+            ("timestamp_granularities[]", "word"), ("language", "en"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.one_of(st.binary(max_size=300),
+                      st.tuples(st.integers(0, len(GOOD)), st.binary(max_size=12), st.integers(0, 12)).map(
+                          lambda t: GOOD[:t[0]] + t[1] + GOOD[t[0] + t[2]:])))
+def test_any_body_gives_parts_or_a_400(data):
+    """Random bytes and good forms with bytes cut or spliced in: parts, or a 400, never another exception."""
+    try:
+        parts = parse_multipart(data, B)
+        request = parse_form(parts)
+    except TranscriptionError as exc:
+        assert exc.status == 400 and exc.message
+        return
+    assert request.audio and request.response_format in ("json", "text", "srt", "verbose_json", "vtt")
 
 
 # ---- the form's fields ------------------------------------------------------------------------
@@ -347,15 +368,18 @@ async def exchange(port: int, data: bytes, read_first: int | None = None) -> byt
 
 
 def post(body: bytes, *headers: str, length: bool = True) -> bytes:
-    lines = ["POST /v1/audio/transcriptions HTTP/1.1", "Host: x", f"Content-Type: multipart/form-data; boundary={B.decode()}",
-             *headers] + ([f"Content-Length: {len(body)}"] if length else [])
+    lines = ["POST /v1/audio/transcriptions HTTP/1.1", "Host: x",
+             f"Content-Type: multipart/form-data; boundary={B.decode()}", *headers]
+    lines += [f"Content-Length: {len(body)}"] if length else []
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def status_and_body(answer: bytes) -> tuple[int, bytes]:
-    head, _, body = answer.rpartition(b"\r\n\r\n") if answer.startswith(b"HTTP/1.1 100") else answer.partition(b"\r\n\r\n")
-    last = head.split(b"HTTP/1.1 ")[-1]
-    return int(last[:3]), body
+    """The final status and body (after a ``100 Continue``, if any)."""
+    if answer.startswith(b"HTTP/1.1 100"):
+        answer = answer.partition(b"\r\n\r\n")[2]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head[9:12]), body
 
 
 def tone_form(*extra: tuple) -> bytes:
