@@ -636,3 +636,46 @@ async def test_errors_through_the_openai_package(real_server, tmp_path):
         b"Content-Length: 2\r\n\r\n{}"))
     status, body = status_and_body(wrong_type)
     assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.slow
+async def test_a_job_may_outlast_the_handshake_timeout():
+    """Utterances decoded one by one at 6 s each: over 10 s of work (websockets' default open_timeout)."""
+    from openai import AsyncOpenAI
+
+    from tests.fakes import CountingBackend
+    from tests.helpers import background_server
+
+    backend = CountingBackend(delay_s=6.0)
+    with background_server(backend, speech_threshold=0.0, max_batch=1) as handle:
+        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{handle.server.port}/v1", api_key="k", max_retries=0)
+        file = io.BytesIO(encode(np.concatenate([bursts()] * 3), 16_000, "WAV"))  # webrtcvad takes some tones
+        file.name = "tones.wav"
+        verbose = await client.audio.transcriptions.create(model="whisper-1", file=file,
+                                                           response_format="verbose_json")
+    assert [kind for kind, _ in backend.batches] == ["final"] * len(verbose.segments)
+    assert len(verbose.segments) >= 2 and all(s.text.startswith(" w0") for s in verbose.segments)
+
+
+@pytest.mark.slow
+async def test_a_long_file_is_cut_into_the_streams_utterances(real_server):
+    """Four clips with pauses in one FLAC file: one segment per clip, in order, as the stream gives them."""
+    from openai import AsyncOpenAI
+
+    from streaming.evaluation import dev_clips, wer
+    from streaming.loadgen import stream_audio, with_silence
+
+    clips = {c.id: c for c in dev_clips()}
+    ids = ["lib_left", "cards_001", "librivox_0870", "goforward"]
+    gap = np.zeros(32_000, np.float32)
+    audio = with_silence(np.concatenate([x for cid in ids for x in (clips[cid].load(), gap)]), 0.5, 0.5)
+    file = io.BytesIO(encode(audio, 16_000, "FLAC"))
+    file.name = "four.flac"
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{real_server.server.port}/v1", api_key="k", max_retries=0)
+    verbose = await client.audio.transcriptions.create(model="whisper-1", file=file, response_format="verbose_json")
+    streamed = await stream_audio(real_server.url, audio, speed=0)
+    assert [(s.start, s.end, s.text.strip()) for s in verbose.segments] == [
+        (f["start_s"], f["end_s"], f["text"]) for f in streamed.finals]
+    assert len(verbose.segments) == len(ids)
+    assert all(a.end <= b.start for a, b in zip(verbose.segments, verbose.segments[1:]))
+    assert wer([clips[c].text for c in ids], [s.text for s in verbose.segments]) <= 0.15
