@@ -88,3 +88,16 @@ def join_text(a: str, b: str) -> str:
     if a and b:
         return f"{a} {b}"
     return a or b
+
+
+def estimate_words(text: str, start_s: float, end_s: float) -> tuple[Word, ...]:
+    """Words of ``text`` spread over [start_s, end_s] in proportion to their length (no alignment known)."""
+    words = text.split()
+    total = sum(len(w) for w in words) or 1
+    span = max(0.0, end_s - start_s)
+    out, at = [], start_s
+    for w in words:
+        step = span * len(w) / total
+        out.append(Word(w, round(at, 3), round(at + step, 3), 0.0))
+        at += step
+    return tuple(out)

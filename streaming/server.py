@@ -191,6 +191,10 @@ class StreamingServer:
         authorized = key is not None or not self.keyring.enabled
         endpoint = decision.endpoint
         if endpoint == "stream":
+            held = self._sessions_of(key.id) if key is not None else 0
+            refusal = auth.authorize_session(self.keyring, key, token is not None, held)
+            if refusal is not None:  # the key first, as the emulated services do: no key, no details
+                return self._refuse(decision, refusal, source)
             path = request.path.partition("?")[0]
             handshake = Handshake(path, decision.query, request.headers)
             try:
@@ -199,10 +203,6 @@ class StreamingServer:
                 log.warning("refused %s: %s", path, exc.message)
                 return self._reply(decision, http.text_reply(exc.status, exc.message))
             connection.handshake = handshake
-            held = self._sessions_of(key.id) if key is not None else 0
-            refusal = auth.authorize_session(self.keyring, key, token is not None, held)
-            if refusal is not None:
-                return self._refuse(decision, refusal, source)
             connection.principal = key.id if key is not None else None
             return None
         if endpoint == "transcriptions":

@@ -27,7 +27,7 @@ from . import events as ev
 from .audio import PcmDecoder, Resampler
 from .config import Config, ConfigError, SessionOptions, VadOptions, apply_session_fields, copy_options
 from .protocol import ProtocolError, format_error, round_time
-from .results import FinalResult, Hypothesis, OptionError, UtteranceOptions, Word
+from .results import FinalResult, Hypothesis, OptionError, UtteranceOptions, Word, estimate_words
 from .vad import SAMPLE_RATE_HZ, Endpointer, UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent
 
 log = logging.getLogger("streaming.session")
@@ -134,6 +134,8 @@ class Session:
         self._awaiting_final: list[int] = []
         """Utterances whose final is owed, in order."""
         self._early_finals: dict[int, FinalResult] = {}
+        self._finalized_after: list[tuple[int, ev.Finalized]] = []
+        """``Finalized`` events held until the final of the utterance they follow has gone out."""
         self._utterances: dict[int, _Utterance] = {}
         self._previous_text: str | None = None
         self._fatal: ProtocolError | None = None
@@ -303,6 +305,8 @@ class Session:
             start_s, end_s = self._time(utt.start_sample), self._time(utt.end_sample or utt.start_sample)
             words, timing = (self._words(res, text, start_s, end_s) if utt.word_timestamps else (None, None))
             self._event(ev.Final(uid, text, res.language, start_s, end_s, utt.end_reason, words, timing))
+            while self._finalized_after and self._finalized_after[0][0] == uid:
+                self._event(self._finalized_after.pop(0)[1])
         self._maybe_finish()
 
     @staticmethod
@@ -401,7 +405,12 @@ class Session:
         events = self._endpointer.force_end()
         self._vad_events(events)
         if not any(isinstance(event, UtteranceEnded) for event in events):
-            self._event(ev.Finalized(self._time(self.audio_samples)))  # nothing was open: say so
+            # Nothing was open: say so, after the finals still owed (a client reads it as "all done").
+            finalized = ev.Finalized(self._time(self.audio_samples))
+            if self._awaiting_final:
+                self._finalized_after.append((self._awaiting_final[-1], finalized))
+            else:
+                self._event(finalized)
 
     def _clear(self) -> None:
         """Drop the open utterance: the engine forgets it, no final is owed for it."""
@@ -490,15 +499,3 @@ class Session:
         return UtteranceOptions(language=session.language, window_s=session.window_s, context=session.context,
                                 previous_text=self._previous_text, word_timestamps=session.words)
 
-
-def estimate_words(text: str, start_s: float, end_s: float) -> tuple[Word, ...]:
-    """Words of ``text`` spread over [start_s, end_s] in proportion to their length (no alignment known)."""
-    words = text.split()
-    total = sum(len(w) for w in words) or 1
-    span = max(0.0, end_s - start_s)
-    out, at = [], start_s
-    for w in words:
-        step = span * len(w) / total
-        out.append(Word(w, round_time(at), round_time(at + step), 0.0))
-        at += step
-    return tuple(out)

@@ -245,3 +245,21 @@ def test_the_speech_threshold_changes_live_only_where_silero_runs(threshold, liv
     if live:
         endpointer.reconfigure(new)
         assert endpointer.classify.speech_threshold == 0.7 and endpointer.options == new
+
+
+def test_finalized_comes_after_the_finals_still_owed():
+    """A client that reads Finalized as "everything is in" must not get it before an earlier final."""
+    c = Core()
+    held = []
+    c.run = (lambda real: (lambda actions: real([a for a in actions if not (
+        isinstance(a, RequestFinal) and not held.append(a))])))(c.run)
+    c.do(ev.Start())
+    c.audio(np.concatenate([silence(0.3), tone(1.0), silence(1.0)]))
+    assert len(held) == 1 and not c.of(ev.Final)
+    c.do(ev.Finalize())
+    assert not c.of(ev.Finalized)  # held: the final of utterance 0 is still owed
+    request = held.pop()
+    result = c.backend.finalize([c.states[request.utterance_id]])[0]
+    c.run(c.session.final_ready(request.utterance_id, result))
+    kinds = [type(e).__name__ for e in c.events if isinstance(e, (ev.Final, ev.Finalized))]
+    assert kinds == ["Final", "Finalized"]

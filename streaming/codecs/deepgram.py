@@ -40,7 +40,7 @@ from .. import events as ev
 from ..config import MAX_CONTEXT_CHARS
 from ..protocol import ProtocolError, parse_json_object, round_time, shown
 from ..results import Word
-from ..session import estimate_words
+from ..results import estimate_words
 from .base import Codec, Frame, Handshake
 from .deepgram_query import context_of, parse_query
 
