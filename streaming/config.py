@@ -108,6 +108,16 @@ class ServerOptions:
     """Whether ``/v1/info`` shows load figures (sessions, engine) without an API key."""
     log_format: str = "text"
     """``text`` or ``json`` (one JSON object per log line)."""
+    request_head_timeout_s: float = 10.0
+    """A connection that sends no complete HTTP request head within this long is dropped."""
+    max_upload_bytes: int = 25 * 1024 * 1024
+    """Largest file for ``POST /v1/audio/transcriptions`` (OpenAI's limit is 25 MB); larger gets 413."""
+    max_file_audio_s: float = 4 * 3600.0
+    """Longest audio in one uploaded file (a small compressed file can hold hours); longer gets 400."""
+    max_file_jobs: int = 4
+    """Files transcribed at once; one more gets 429."""
+    upload_timeout_s: float = 120.0
+    """Time to receive a whole upload; slower gets 408."""
 
 
 @dataclass

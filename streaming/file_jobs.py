@@ -190,13 +190,19 @@ class TranscriptionService:
         except TranscriptionError as exc:
             log.info("transcription %s refused: %d %s", job, exc.status, exc.message,
                      extra={"event": "transcription", "job": job, "status": exc.status, "principal": principal})
+            self._count(exc.status)
             return error_reply(exc)
         finally:
             self.jobs -= 1
         log.info("transcription %s: %.1f s of audio, %d utterance(s) in %.2f s", job, audio_s, utterances,
                  time.monotonic() - started, extra={"event": "transcription", "job": job, "status": reply.status,
                                                     "audio_s": round(audio_s, 3), "principal": principal})
+        self._count(reply.status)
         return reply
+
+    def _count(self, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.transcription(status)
 
     async def _run(self, job: str, connection: Upload, headers: Any) -> tuple[Reply, float, int]:
         content_types = header_values(headers, "Content-Type")

@@ -90,6 +90,8 @@ class ServerMetrics:
         self.utterances = Counter("asr_utterances", "Utterances of closed sessions.", registry=r)
         self.audio = Counter("asr_audio_in_seconds", "Audio received from clients (stream seconds).", registry=r)
         self.errors = Counter("asr_errors", "Error events sent to clients, by code.", ["code"], registry=r)
+        self.transcriptions = Counter("asr_transcriptions", "File transcriptions (POST /v1/audio/transcriptions), "
+                                      "by HTTP status.", ["status"], registry=r)
         self.first_partial = Histogram("asr_first_partial_latency_seconds", "Server-side time from an "
                                        "utterance's start to its first partial.", buckets=LATENCY_BUCKETS_S,
                                        registry=r)
@@ -123,6 +125,9 @@ class ServerMetrics:
 
     def error(self, code: str) -> None:
         self.errors.labels(code).inc()
+
+    def transcription(self, status: int) -> None:
+        self.transcriptions.labels(str(status)).inc()
 
     def audio_in(self, seconds: float) -> None:
         if seconds > 0:

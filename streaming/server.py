@@ -31,7 +31,7 @@ from . import auth, http
 from .config import Config, session_field_info
 from .engine import Engine, EngineClosed
 from .evaluation import REPO_ROOT
-from .file_jobs import TranscriptionService
+from .file_jobs import FileJobLimits, TranscriptionService
 from .handshake import HttpServerConnection, to_response
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServerMetrics
@@ -78,7 +78,8 @@ class StreamingServer:
                                      model=backend.name)
         self.engine.on_batch = self.metrics.batch
         self.loop_lag = LoopLagMonitor(observe=self.metrics.event_loop_lag)
-        self.transcriptions = TranscriptionService(self.engine, config, metrics=self.metrics)
+        limits = FileJobLimits(opts.max_upload_bytes, opts.max_file_audio_s, opts.max_file_jobs, opts.upload_timeout_s)
+        self.transcriptions = TranscriptionService(self.engine, config, metrics=self.metrics, limits=limits)
         """``POST /v1/audio/transcriptions``: files cut by the sessions' VAD, decoded by the same engine."""
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -96,7 +97,8 @@ class StreamingServer:
         self.engine.start()
         self._server = await serve(
             self._handle, opts.host, opts.port, process_request=self._process_request,
-            create_connection=HttpServerConnection,
+            create_connection=type("Connection", (HttpServerConnection,),
+                                   {"request_head_timeout_s": opts.request_head_timeout_s}),
             select_subprotocol=lambda _conn, offered: auth.select_subprotocol(offered),
             # The protocol's own limit sends an error event first; this is the hard stop.
             max_size=max(opts.max_message_bytes * 4, 1 << 16), ssl=ssl_context,

@@ -498,7 +498,9 @@ async def test_the_server_serves_it_behind_its_api_keys():
         client = AsyncOpenAI(base_url=base, api_key="right-key", max_retries=0)
         result = await client.audio.transcriptions.create(model="whisper-1", file=tone_upload())
         assert result.text  # webrtcvad alone cuts the tone into utterances: the stand-in transcribes them
-        assert "asr_audio_in_seconds_total 5.0" in handle.server.metrics.render().decode()
+        metrics = handle.server.metrics.render().decode()
+        assert "asr_audio_in_seconds_total 5.0" in metrics
+        assert 'asr_transcriptions_total{status="200"} 1.0' in metrics  # the refused one never reached a job
         get = await asyncio.to_thread(exchange_sync, handle.server.port,
                                       b"GET /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n\r\n")
         assert get.startswith(b"HTTP/1.1 405") and b"Allow: POST" in get
