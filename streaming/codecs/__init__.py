@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 from .base import Codec, Frame, Handshake, HandshakeRefused
+from .deepgram import DeepgramCodec
+from .openai_realtime import OpenAIRealtimeCodec
+from .v1 import V1Codec
 
 __all__ = ["CODECS", "Codec", "Frame", "Handshake", "HandshakeRefused", "codec_for_path"]
 
-
-def _registry() -> dict[str, type[Codec]]:
-    from .v1 import V1Codec
-
-    codecs: list[type[Codec]] = [V1Codec]
-    try:  # the compatibility codecs land one by one; each registers by its path
-        from .openai_realtime import OpenAIRealtimeCodec
-
-        codecs.append(OpenAIRealtimeCodec)
-    except ImportError:
-        pass
-    try:
-        from .deepgram import DeepgramCodec
-
-        codecs.append(DeepgramCodec)
-    except ImportError:
-        pass
-    return {codec.path: codec for codec in codecs}
+CODECS: dict[str, type[Codec]] = {codec.path: codec for codec in (V1Codec, OpenAIRealtimeCodec, DeepgramCodec)}
+"""URL path → codec class (``streaming.http.STREAM_PATHS`` routes these paths here)."""
 
 
-CODECS: dict[str, type[Codec]] = _registry()
-"""URL path → codec class."""
-
-
-def codec_for_path(path: str) -> type[Codec] | None:
-    return CODECS.get(path)
+def codec_for_path(path: str) -> type[Codec]:
+    """The codec of a stream path (one of ``streaming.http.STREAM_PATHS``)."""
+    return CODECS[path]
