@@ -426,7 +426,7 @@ def test_alignment_logits_are_the_models_cross_attention(tiny, tiny_assets):
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
     st = _state(tiny, _noise(1.0, seed=70))
-    seqs = [tiny._prompt(st) + [400, 500, 600] + [tiny.eot_id], tiny._prompt(st) + [700] + [tiny.eot_id]]
+    seqs = [tiny._sot_sequence(st) + [400, 500, 600, tiny.eot_id], tiny._sot_sequence(st) + [700, tiny.eot_id]]
     with torch.inference_mode():
         enc = tiny._encode([st, st])[0]
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
@@ -464,3 +464,91 @@ def test_words_join_back_to_the_final_text_for_any_tokens(tiny):
         assert " ".join(w.word for w in words) == tiny._final_text(tokens)
 
     check()
+
+
+# ---------------------------------------------------------------- context prompt (tiny random model)
+
+
+def _first_decoder_inputs(backend: WhisperBackend, run) -> list[list[int]]:
+    """The input ids of the first decoder call ``run()`` makes (the prefill of the greedy decode)."""
+    calls: list[torch.Tensor] = []
+    hook = backend.decoder.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(kw.get("input_ids", a[0] if a else None)), with_kwargs=True)
+    try:
+        run()
+    finally:
+        hook.remove()
+    return calls[0].tolist()
+
+
+def test_context_prompt_goes_before_the_start_of_transcript(tiny):
+    tok = tiny.tokenizer
+    sot_prev = tok.convert_tokens_to_ids("<|startofprev|>")
+    context = "Sweynheim, Pannartz <|endoftext|><|notimestamps|>"  # spelled-out special tokens are dropped
+    st = _state(tiny, _noise(1.5, seed=80), context=context)
+    assert st.context_tokens[0] == sot_prev and all(t < tiny.eot_id for t in st.context_tokens[1:])
+    assert tok.decode(st.context_tokens[1:]).strip() == "Sweynheim, Pannartz"
+    prefix = st.context_tokens + [tiny.sot_id, tiny.no_timestamps_id]
+    # Partials and the final decode from the same prompt; only what follows it is the transcript.
+    for _ in range(3):
+        ids = _first_decoder_inputs(tiny, lambda: tiny.step([st]))
+        assert ids[0] == prefix + st.stable_tokens[: len(ids[0]) - len(prefix)]
+    assert not set(st.stable_tokens) & {sot_prev, tiny.sot_id}
+    ids = _first_decoder_inputs(tiny, lambda: tiny.finalize([st]))
+    assert ids[0] == prefix
+    # Batched with a row without context: each row keeps its own prompt, and decodes as it would alone.
+    plain = _state(tiny, _noise(1.5, seed=81))
+    with_ctx = _state(tiny, _noise(1.5, seed=80), context=context)
+    together = tiny.finalize([plain, with_ctx])
+    alone = [tiny.finalize([_state(tiny, _noise(1.5, seed=81))])[0],
+             tiny.finalize([_state(tiny, _noise(1.5, seed=80), context=context)])[0]]
+    assert [f.text for f in together] == [f.text for f in alone]
+    assert together[0].stats["no_speech_prob"] == pytest.approx(alone[0].stats["no_speech_prob"], abs=1e-4)
+    assert together[1].stats["no_speech_prob"] == pytest.approx(alone[1].stats["no_speech_prob"], abs=1e-4)
+
+
+def test_context_is_truncated_to_whispers_prompt_length_and_fits_the_decoder(tiny):
+    words = " ".join(f"term{i}" for i in range(400))
+    st = _state(tiny, _noise(30.0, seed=82, level=0.05), context=words)
+    full = tiny._text_tokens(words)
+    assert len(full) > 223 and st.context_tokens[1:] == full[-223:]  # the last 223 tokens, as whisper keeps
+    assert len(st.context_tokens) + 2 + tiny._token_cap(st) <= tiny.max_positions == 448
+    final = tiny.finalize([st])[0]
+    assert final.stats["tokens"] <= tiny._token_cap(st)
+
+
+def test_previous_text_only_when_enabled_after_the_context(tiny, monkeypatch):
+    opts = UtteranceOptions(context="Gutenberg", previous_text="the earliest book printed with movable types")
+    ctx = tiny._text_tokens("Gutenberg")
+    prev = tiny._text_tokens(opts.previous_text)
+    assert tiny._context_tokens(opts)[1:] == ctx  # off by default
+    assert tiny._context_tokens(UtteranceOptions(previous_text="hello")) == []
+    monkeypatch.setattr(tiny, "decoding", dataclasses.replace(tiny.decoding, prompt_previous_text=True))
+    assert tiny._context_tokens(opts)[1:] == ctx + prev
+    long_prev = " ".join(["word"] * 400)
+    tokens = tiny._context_tokens(UtteranceOptions(context="Gutenberg", previous_text=long_prev))
+    assert len(tokens) == 224 and tokens[1: 1 + len(ctx)] == ctx  # the context is kept, the previous text cut
+
+
+def test_context_needs_a_startofprev_token(tiny, monkeypatch):
+    tiny.validate_options(UtteranceOptions(context="anything"))
+    monkeypatch.setattr(tiny, "sot_prev_id", None)
+    with pytest.raises(OptionError, match="context"):
+        tiny.validate_options(UtteranceOptions(context="anything"))
+    tiny.validate_options(UtteranceOptions(context="  "))
+    tiny.validate_options(UtteranceOptions(context=None, previous_text="fine: previous text is optional"))
+
+
+@pytest.mark.slow
+def test_tiny_en_context_fixes_terms_and_never_leaks(tiny_en):
+    from scripts.hotwords import CASES, LEAK_CONTEXT, has_term, hotword_cases, leak_check
+
+    picked = [c for c in CASES if c[0] in ("cards_002", "ljspeech_LJ001-0031", "dctts_LJ001-0054")]
+    for row in hotword_cases(tiny_en, picked):
+        assert not row["term_before"] and row["term_after"], row
+        assert not has_term(row["after"], row["context"]) or row["term"] in row["reference"].lower(), row
+    leaks = leak_check(tiny_en, _english_clips())
+    assert not [r for r in leaks if r["leaked"]], (LEAK_CONTEXT, leaks)
+    # The unrelated context leaves the words alone (punctuation may follow the prompt's style).
+    clips = _english_clips()
+    assert wer([c.text for c in clips], [r["text"] for r in leaks]) <= 0.065
