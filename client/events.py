@@ -12,13 +12,11 @@ gives the message back unchanged. Frames are encoded with
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-import msgpack
 
-from streaming.protocol import RETRYABLE_CODES, Wire, encode_event
+from streaming.protocol import RETRYABLE_CODES, Wire, decode_event, encode_event
 from streaming.results import Word
 
 __all__ = ["Ready", "SpeechStart", "Partial", "SpeechEnd", "Final", "Cleared", "Error", "End", "OtherEvent",
@@ -296,13 +294,7 @@ class Codec:
 
     def event(self, frame: str | bytes) -> dict[str, Any]:
         """One server frame as its message dict (raises ``ValueError`` for a frame that is not one)."""
-        try:
-            message = msgpack.unpackb(frame, raw=False) if isinstance(frame, bytes) else json.loads(frame)
-        except Exception as exc:  # any decoder failure: the server sent something that is no event
-            raise ValueError(f"server sent a frame that is not an event: {frame!r:.200}") from exc
-        if not isinstance(message, dict) or "type" not in message:
-            raise ValueError(f"server sent a frame that is not an event: {frame!r:.200}")
-        return message
+        return decode_event(frame)
 
 
 def start_message(sample_rate_hz: int, *, encoding: str = "pcm_s16le", language: str | None = None,

@@ -240,6 +240,20 @@ def format_error(rate: Any, encoding: Any) -> tuple[str, str] | None:
     return None
 
 
+def decode_event(frame: str | bytes) -> dict[str, Any]:
+    """A server event frame back into its dict (clients): JSON text, or msgpack in msgpack mode.
+
+    Raises ``ValueError`` for a frame that is not an event.
+    """
+    try:
+        message = msgpack.unpackb(frame, raw=False) if isinstance(frame, bytes) else json.loads(frame)
+    except Exception as exc:  # any decoder failure: the server sent something that is no event
+        raise ValueError(f"server sent a frame that is not an event: {frame!r:.200}") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ValueError(f"server sent a frame that is not an event: {frame!r:.200}")
+    return message
+
+
 def encode_event(event: dict[str, Any], wire: Wire | None) -> str | bytes:
     """Serialize one server event for the session's wire format (JSON until known)."""
     if wire is Wire.MSGPACK:

@@ -6,16 +6,14 @@ way while the session itself speaks typed commands and events.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
-
-import msgpack
 
 from streaming.codecs import Handshake
 from streaming.codecs.v1 import V1Codec
 from streaming.link import Link
 from streaming.link import Send as FrameSend
+from streaming.protocol import decode_event
 from streaming.session import Session
 
 
@@ -27,7 +25,7 @@ class Send:
 
 
 def decode_frame(data: str | bytes) -> dict[str, Any]:
-    return json.loads(data) if isinstance(data, str) else msgpack.unpackb(data, raw=False)
+    return decode_event(data)
 
 
 class V1Session:
