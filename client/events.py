@@ -15,7 +15,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-
 from streaming.protocol import RETRYABLE_CODES, Wire, decode_event, encode_event
 from streaming.results import Word
 
