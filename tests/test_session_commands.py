@@ -11,20 +11,7 @@ from streaming.session import (Close, DiscardUtterance, Emit, FeedAudio, ModelIn
                                RequestPartial, Session, estimate_words)
 from tests.fakes import CountingBackend
 
-SR = 16000
-
-
-def loud(frame):
-    return float(np.abs(frame).max()) > 0.05
-
-
-def tone(seconds, rate=SR):
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-
-
-def silence(seconds, rate=SR):
-    return np.zeros(int(seconds * rate), np.float32)
+from tests.test_session import loud, silence, tone  # the same stand-in speech as the v1 session tests
 
 
 class Core:
