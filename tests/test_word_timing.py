@@ -202,3 +202,35 @@ def test_tiny_en_word_times_match_faster_whisper_on_english_dev_clips():
         assert " ".join(w for w, *_ in row["ours"]) == row["text"]
         times = [t for _, start, end, _ in row["ours"] for t in (start, end)]
         assert times == sorted(times) and 0.0 <= times[0] and times[-1] <= row["duration_s"], row["ours"]
+
+
+# ---------------------------------------------------------------- Qwen3-ASR: estimated word times
+
+
+def test_qwen3_words_are_an_estimate_spread_by_character_length():
+    import torch
+
+    from streaming.models.qwen3_asr import Qwen3ASRBackend, random_model
+
+    model, tok = random_model("tiny", seed=0)
+    with torch.no_grad():  # larger random weights: the greedy output varies, so there are words
+        for p in model.model.language_model.parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+    backend = Qwen3ASRBackend(model, tok, repetition_guard=False)
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal(32_000)).astype(np.float32)
+    asked, plain, empty = (backend.new_utterance(UtteranceOptions(language="en", word_timestamps=w))
+                           for w in (True, False, True))
+    asked.append_audio(audio)
+    plain.append_audio(audio)
+    final, unasked, silent = backend.finalize([asked, plain, empty])
+    assert final.text and final.text == unasked.text
+    assert final.word_timing == timing.TIMING_ESTIMATED and unasked.words is None and unasked.word_timing is None
+    assert [w.word for w in final.words] == final.text.split() and len(final.words) >= 2, final.text
+    assert final.words[0].start_s == 0.0 and final.words[-1].end_s == pytest.approx(2.0)
+    for w, nxt in zip(final.words, final.words[1:]):
+        assert w.end_s == pytest.approx(nxt.start_s, abs=1e-3)
+    lengths = np.array([len(w.word) for w in final.words], dtype=float)
+    np.testing.assert_allclose([w.end_s - w.start_s for w in final.words], 2.0 * lengths / lengths.sum(), atol=2e-3)
+    assert silent.text == "" and silent.words == [] and silent.word_timing == timing.TIMING_ESTIMATED

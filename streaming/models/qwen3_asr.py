@@ -45,6 +45,10 @@ forcing the stable tokens keeps the new text consistent with what was shown.
 The reported ``stable_text`` stops at the last confirmed word boundary so a
 caption never shows half a word as final.
 
+**Word timestamps.** No forced aligner is loaded, so a final that asks for
+words gets them spread over the utterance by character length, and its
+``word_timing`` says they are an estimate.
+
 **Batching.** ``step``/``finalize`` take many utterances of ragged lengths.
 Encoder: all windows of all utterances are *packed* into one sequence (the
 conv front end runs on all 1 s chunks as one batch, the layers get
@@ -81,6 +85,7 @@ from streaming.models.base import (
     UtteranceOptions,
     UtteranceState,
 )
+from streaming.models.timing import TIMING_ESTIMATED, estimated_words
 from streaming.stability import LocalAgreement
 
 log = logging.getLogger(__name__)
@@ -616,16 +621,23 @@ class Qwen3ASRBackend(Backend):
     def finalize(self, states: list[UtteranceState]) -> list[FinalResult]:
         sts: list[Qwen3ASRState] = list(states)  # type: ignore[arg-type]
         live = [s for s in sts if len(s.audio) > 0]
-        results: dict[int, FinalResult] = {id(s): FinalResult("", None) for s in sts}
+        results: dict[int, FinalResult] = {id(s): self._final(s, "", None, {}) for s in sts}
         if not live:
             return [results[id(s)] for s in sts]
         rows = self._rows(live, final=True)
         for r, toks in zip(rows, self._decode(rows)):
             s = r.state
             language, text = self._parse(s, toks)
-            results[id(s)] = FinalResult(text, language, stats={**r.stats, "tokens": toks,
-                                                                   "decoded_tokens": len(toks)})
+            results[id(s)] = self._final(s, text, language, {**r.stats, "tokens": toks, "decoded_tokens": len(toks)})
         return [results[id(s)] for s in sts]
+
+    @staticmethod
+    def _final(s: Qwen3ASRState, text: str, language: str | None, stats: dict[str, Any]) -> FinalResult:
+        """A final; with word timestamps asked, words spread over the utterance (no forced aligner here)."""
+        if not s.options.word_timestamps:
+            return FinalResult(text, language, stats=stats)
+        return FinalResult(text, language, stats=stats, words=estimated_words(text, 0.0, s.duration_s),
+                           word_timing=TIMING_ESTIMATED)
 
     def warmup(self) -> None:
         s = self.new_utterance(UtteranceOptions(window_s=1))

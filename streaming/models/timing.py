@@ -37,6 +37,7 @@ ALIGNMENT_HEADS_B85: dict[str, bytes] = {
 
 TIMING_ALIGNMENT_HEADS = "cross-attention DTW (alignment heads)"
 TIMING_FALLBACK_HEADS = "cross-attention DTW (no known alignment heads: all heads of the last half of the decoder)"
+TIMING_ESTIMATED = "estimated: utterance span split by character length (no forced aligner loaded)"
 """``FinalResult.word_timing`` values: how the times were found."""
 
 
