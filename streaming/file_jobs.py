@@ -220,7 +220,7 @@ class TranscriptionService:
         try:
             self.engine.backend.validate_options(options)
         except OptionError as exc:
-            raise TranscriptionError(400, str(exc), "language", "invalid_value") from None
+            raise TranscriptionError(400, str(exc), None, "invalid_value") from None  # the message names the option
         work = asyncio.ensure_future(self._transcribe(job, request, options))
         await asyncio.wait([work, connection.lost], return_when=asyncio.FIRST_COMPLETED)
         if not work.done():  # the client hung up: nobody waits for this any more
