@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of .venv/. `scripts/setup.sh serve` (what `make serve` runs) installs only what
 # serving needs; `scripts/setup.sh test` (what `make test` runs) adds the test, benchmark and client
-# extras and the system packages the tests drive (chromium, PortAudio). Safe to run again: it only
-# does what is missing.
+# extras, the voice frameworks' venv (.venv/frameworks) and the system packages the tests drive
+# (chromium, PortAudio). Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-test}"
@@ -39,4 +39,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
   # a test install holds everything a serve install does
   [ "$mode" = test ] && touch .venv/.installed-serve
+fi
+
+# The voice frameworks (LiveKit Agents, Pipecat) for tests/test_frameworks.py, in a venv of their own
+# inside .venv/: their pins clash with the server's (tests/frameworks/requirements.txt says which).
+fw=.venv/frameworks
+fw_req=tests/frameworks/requirements.txt
+if [ "$mode" = test ] && { [ ! -f "$fw/.installed" ] || [ "$fw_req" -nt "$fw/.installed" ]; }; then
+  [ -x "$fw/bin/python" ] || { echo "setup: creating $fw"; python3 -m venv "$fw"; }
+  echo "setup: installing the voice frameworks into $fw"
+  "$fw/bin/python" -m pip install -q --upgrade pip
+  "$fw/bin/python" -m pip install -q -r "$fw_req"
+  touch "$fw/.installed"
 fi
