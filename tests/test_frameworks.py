@@ -36,7 +36,7 @@ PYTHON = ROOT / ".venv" / "frameworks" / "bin" / "python"
 DRIVERS = Path(__file__).parent / "frameworks"
 MODULES = ("livekit.agents", "livekit.plugins.deepgram", "livekit.plugins.openai", "pipecat", "deepgram")
 KEY = "frameworks-test-key"
-CLIPS = ("jfk", "lib_left")
+CLIPS = ("lib_left", "cards_001")  # two turns, a long and a short one (kept short: real-time pacing)
 DRIVER_TIMEOUT_S = 90
 """How long a driver waits for the finals it expects (then it closes and the comparison fails)."""
 

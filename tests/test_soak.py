@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 async def test_two_minute_soak_stays_flat():
     with background_server() as handle:
-        report = await run_soak(handle.url, handle.server, minutes=2.0, speed=2.0)
+        report = await run_soak(handle.url, handle.server, minutes=2.0, speed=3.0)
     print("soak:", report)
     first, last = report["first_window"], report["last_window"]
     assert report["close_code"] == 1000 and not report["errors"]
