@@ -73,3 +73,36 @@ async def wait_until(predicate, timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.05)
+
+
+async def v1_final_texts(ws_url: str, parts: list[bytes], *, sample_rate: int, encoding: str = "pcm_s16le",
+                         chunk_s: float = 0.05, finalize_each: bool = False, api_key: str | None = None,
+                         **fields) -> list[str]:
+    """The non-empty final texts protocol v1 gives for ``parts`` on one connection (``chunk_s`` chunks,
+    as fast as the server reads; with ``finalize_each`` a finalize after each part, as a client's
+    Finalize or commit). The reference every compatibility endpoint is compared with; any error fails."""
+    from streaming.audio import BYTES_PER_SAMPLE
+
+    step = max(1, int(sample_rate * chunk_s)) * BYTES_PER_SAMPLE[encoding]
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    texts: list[str] = []
+    async with websockets.connect(ws_url, additional_headers=headers, max_size=None, ping_timeout=120) as ws:
+        async def send() -> None:
+            await ws.send(json.dumps({"type": "start", "sample_rate": sample_rate, "encoding": encoding, **fields}))
+            for part in parts:
+                for i in range(0, len(part), step):
+                    await ws.send(part[i:i + step])
+                if finalize_each:
+                    await ws.send(json.dumps({"type": "finalize"}))
+            await ws.send(json.dumps({"type": "stop"}))
+
+        async def read() -> None:
+            async for frame in ws:
+                event = json.loads(frame)
+                assert event["type"] != "error", event
+                if event["type"] == "final" and event["text"]:
+                    texts.append(event["text"])
+
+        async with asyncio.timeout(180):
+            await asyncio.gather(send(), read())
+    return texts

@@ -21,7 +21,7 @@ from streaming.codecs.deepgram import NET_0001_REASON
 from streaming.codecs.deepgram_query import MIN_ENDPOINTING_MS
 from streaming.evaluation import dev_clips
 from streaming.loadgen import with_silence
-from tests.helpers import background_server
+from tests.helpers import background_server, v1_final_texts
 
 pytestmark = pytest.mark.slow
 dg = pytest.importorskip("deepgram")
@@ -67,26 +67,10 @@ def to_mulaw(samples: np.ndarray) -> bytes:
 
 
 async def v1_text(server, data: bytes, sample_rate: int, encoding: str, **fields) -> str:
-    """The joined final texts protocol v1 gives for ``data`` (same 50 ms chunks, as fast as possible)."""
+    """The joined final texts protocol v1 gives for ``data`` (the same 50 ms chunks)."""
     ws_url, _ = base(server)
-    bytes_per_s = sample_rate * (1 if encoding == "mulaw" else 2)
-    async with websockets.connect(f"{ws_url}/v1/stream", additional_headers={"Authorization": f"Bearer {KEY}"},
-                                  max_size=None, ping_timeout=120) as ws:
-        await ws.send(json.dumps({"type": "start", "sample_rate": sample_rate, "encoding": encoding, **fields}))
-        async def send():
-            for chunk in chunks(data, bytes_per_s):
-                await ws.send(chunk)
-            await ws.send(json.dumps({"type": "stop"}))
-        sender = asyncio.create_task(send())
-        finals = []
-        async with asyncio.timeout(180):
-            async for frame in ws:
-                event = json.loads(frame)
-                assert event["type"] != "error", event
-                if event["type"] == "final" and event["text"]:
-                    finals.append(event["text"])
-        await sender
-    return " ".join(finals)
+    return " ".join(await v1_final_texts(f"{ws_url}/v1/stream", [data], sample_rate=sample_rate, encoding=encoding,
+                                         chunk_s=CHUNK_S, api_key=KEY, **fields))
 
 
 def final_texts(messages: list[dict]) -> list[str]:

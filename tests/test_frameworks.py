@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import websockets
 
 from streaming.audio import float_to_pcm16
 from streaming.codecs.deepgram_query import MIN_ENDPOINTING_MS
 from streaming.evaluation import dev_clips
 from streaming.loadgen import with_silence
-from tests.helpers import background_server
+from tests.helpers import background_server, v1_final_texts
 from tests.test_openai_realtime import VAD_FIELDS, pcm24
 
 pytestmark = pytest.mark.slow
@@ -71,31 +70,9 @@ def base_url(server) -> str:
 
 
 async def v1_finals(server, parts: list[bytes], rate: int, finalize_each: bool = False, **fields) -> list[str]:
-    """The non-empty final texts v1 gives for ``parts`` (50 ms chunks, as fast as the server reads;
-    with ``finalize_each`` a finalize after each part, as a Finalize or a commit)."""
-    texts: list[str] = []
-    step = int(rate * 0.05) * 2
-    async with websockets.connect(f"ws://127.0.0.1:{server.server.port}/v1/stream", max_size=None,
-                                  additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
-        async def send() -> None:
-            await ws.send(json.dumps({"type": "start", "sample_rate": rate, "encoding": "pcm_s16le", **fields}))
-            for part in parts:
-                for i in range(0, len(part), step):
-                    await ws.send(part[i:i + step])
-                if finalize_each:
-                    await ws.send(json.dumps({"type": "finalize"}))
-            await ws.send(json.dumps({"type": "stop"}))
-
-        async def read() -> None:
-            async for frame in ws:
-                event = json.loads(frame)
-                assert event["type"] != "error", event
-                if event["type"] == "final" and event["text"]:
-                    texts.append(event["text"])
-
-        async with asyncio.timeout(180):
-            await asyncio.gather(send(), read())
-    return texts
+    """The non-empty final texts v1 gives for ``parts`` (50 ms chunks; see ``v1_final_texts``)."""
+    return await v1_final_texts(f"ws://127.0.0.1:{server.server.port}/v1/stream", parts, sample_rate=rate,
+                                finalize_each=finalize_each, api_key=KEY, **fields)
 
 
 async def drive(script: str, kind: str, server, parts: list[bytes], rate: int, expect: int, tmp_path: Path) -> dict:

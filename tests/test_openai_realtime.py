@@ -27,7 +27,7 @@ from openai.types.realtime import (ConversationItemAdded, ConversationItemInputA
 
 from streaming.evaluation import dev_clips
 from streaming.loadgen import with_silence
-from tests.helpers import running_server
+from tests.helpers import running_server, v1_final_texts
 
 pytestmark = pytest.mark.slow
 
@@ -162,29 +162,8 @@ class Turns:
 
 
 async def v1_finals(ws_url: str, parts: list[bytes], finalize_each: bool = False, **fields) -> list[str]:
-    """The final texts protocol v1 gives for the same bytes with the same options (one connection; with
-    ``finalize_each`` a finalize after each part, as a client's commit)."""
-    texts: list[str] = []
-    async with websockets.connect(ws_url) as ws:
-        async def send() -> None:
-            await ws.send(json.dumps({"type": "start", "sample_rate": RATE, "encoding": "pcm_s16le", **fields}))
-            step = int(RATE * 0.1) * 2
-            for part in parts:
-                for i in range(0, len(part), step):
-                    await ws.send(part[i:i + step])
-                if finalize_each:
-                    await ws.send(json.dumps({"type": "finalize"}))
-            await ws.send(json.dumps({"type": "stop"}))
-
-        async def read() -> None:
-            async for frame in ws:
-                event = json.loads(frame)
-                assert event["type"] != "error", event
-                if event["type"] == "final" and event["text"]:
-                    texts.append(event["text"])
-
-        await asyncio.gather(send(), read())
-    return texts
+    """The final texts protocol v1 gives for the same 24 kHz bytes with the same options (100 ms chunks)."""
+    return await v1_final_texts(ws_url, parts, sample_rate=RATE, chunk_s=0.1, finalize_each=finalize_each, **fields)
 
 
 VAD_FIELDS = {"endpointing": True, "speech_threshold": 0.5}
