@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from client import transcribe  # noqa: E402
 from streaming.audio import float_to_pcm16  # noqa: E402
 from streaming.config import Config  # noqa: E402
-from streaming.evaluation import dev_clips, load_manifest, normalize_english, wer  # noqa: E402
+from streaming.evaluation import dev_clips, load_manifest, wer  # noqa: E402
 from streaming.models import load_backend  # noqa: E402
 from streaming.server import BackgroundServer  # noqa: E402
 

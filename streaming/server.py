@@ -39,7 +39,7 @@ from . import events as ev
 from .codecs import Codec, Handshake, HandshakeRefused, codec_for_path
 from .link import Link, LinkAction, Send
 from .outbox import Outbox, Outgoing
-from .protocol import PROTOCOL_VERSION, ProtocolError, protocol_facts
+from .protocol import ProtocolError, protocol_facts
 from .results import FinalResult
 from .session import (Close, DiscardUtterance, FeedAudio, ModelInfo, OpenUtterance, RequestFinal, RequestPartial,
                       Session)
