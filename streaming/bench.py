@@ -56,7 +56,7 @@ def run_bench(args: argparse.Namespace, config: Config) -> int:
     clips = load_manifest(manifest)
     backend = None
     if args.url is None:
-        from .cli import load_configured_backend
+        from .loading import load_configured_backend
 
         backend = load_configured_backend(config)
     multilingual = backend.multilingual if backend else True

@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 
 from .config import Config, ConfigError, load_config, set_field
+from .loading import load_configured_backend
 from .logs import setup_logging
 
 SERVE_EPILOG = """\
@@ -129,17 +129,6 @@ def _parse_value(raw: str):
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
-
-
-def load_configured_backend(config: Config):
-    from .models import load_backend
-
-    t0 = time.perf_counter()
-    backend = load_backend(config.model.name, device=config.model.device, dtype=config.model.dtype,
-                           threads=config.model.threads, window_s=config.session.window_s)
-    backend.warmup()
-    logging.getLogger("streaming").info("model %s ready in %.1f s", backend.name, time.perf_counter() - t0)
-    return backend
 
 
 def main(argv: list[str] | None = None) -> int:
