@@ -35,6 +35,7 @@ from streaming.models.base import (
     UtteranceState,
     Word,
 )
+from streaming.models.options import WhisperDecodingOptions  # defined torch-free (the config reads it); re-exported
 from streaming.stability import LocalAgreement
 
 if TYPE_CHECKING:
@@ -46,32 +47,6 @@ log = logging.getLogger(__name__)
 UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue", "bo", "km"})
 _BPE_SPACES = frozenset("ĠĊĉ")
 """How byte-level BPE token strings spell a space, a newline and a tab."""
-
-
-@dataclass
-class WhisperDecodingOptions:
-    """Knobs of the Whisper backend's decoding; the defaults suit tiny/base on CPU."""
-
-    tokens_per_s: float = 8.0
-    """Token cap per second of audio (loop guard); Whisper speech runs at ~3-5 tokens/s."""
-    token_margin: int = 10
-    """Tokens allowed on top of ``tokens_per_s`` × duration."""
-    max_tokens: int = 224
-    """Hard cap on text tokens per utterance (half of Whisper's 448 decoder positions)."""
-    language_lock_s: float = 1.0
-    """Audio needed before a detected language is kept for the rest of the utterance."""
-    no_speech_threshold: float = 0.6
-    """``<|nospeech|>`` probability above which a low-confidence decode counts as silence (Whisper's rule)."""
-    logprob_threshold: float = -1.0
-    """Mean token log-probability below which a likely-silent decode is dropped."""
-    silence_peak: float = 1e-3
-    """Utterances whose absolute peak stays below this are silent without running the model."""
-    agreement_n: int = 2
-    """LocalAgreement-n: how many consecutive partials must agree before words become stable."""
-    prompt_previous_text: bool = False
-    """Whether the previous utterance's final text follows the context in the prompt. Off: on dev-full
-    English it moved tiny.en's WER only from 6.85 % to 6.78 % (one word) while carrying mistakes
-    over ("Queen of Clothes" made the next card "7 of Clothes"); see bench/words/hotwords.json."""
 
 
 @dataclass
