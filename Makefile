@@ -24,4 +24,4 @@ test-fast: setup
 	.venv/bin/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
 bench: setup
-	.venv/bin/python -m streaming bench --streams 1 --manifest ../shared/eval/dev-full.jsonl $(ARGS)
+	.venv/bin/python -m benchmarks bench --streams 1 --manifest ../shared/eval/dev-full.jsonl $(ARGS)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streaming.loadgen import stream_audio  # noqa: E402
+from benchmarks.loadgen import stream_audio  # noqa: E402
 from tests.helpers import running_server  # noqa: E402
 from tests.signals import make_signal, noise_cases, the_issue_sequence  # noqa: E402
 

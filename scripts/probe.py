@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from streaming.audio import float_to_pcm16  # noqa: E402
 from streaming.evaluation import dev_clips, wer  # noqa: E402
-from streaming.loadgen import stream_audio, with_silence  # noqa: E402
+from benchmarks.loadgen import stream_audio, with_silence  # noqa: E402
 
 
 class ServerProcess:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from streaming.config import Config  # noqa: E402
 from streaming.evaluation import dev_clips, wer  # noqa: E402
-from streaming.loadgen import stream_audio  # noqa: E402
+from benchmarks.loadgen import stream_audio  # noqa: E402
 from streaming.server import BackgroundServer  # noqa: E402
 
 GAP_S = 0.8

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streaming.config import VadOptions  # noqa: E402
 from streaming.evaluation import eval_dir, load_manifest, wer  # noqa: E402
-from streaming.loadgen import with_silence  # noqa: E402
+from benchmarks.loadgen import with_silence  # noqa: E402
 from streaming.models import load_backend  # noqa: E402
 from streaming.models.base import UtteranceOptions  # noqa: E402
 from streaming.vad import Endpointer, UtteranceAudio, UtteranceEnded, UtteranceStarted  # noqa: E402

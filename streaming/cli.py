@@ -1,4 +1,4 @@
-"""Command line: ``python -m streaming serve|bench``."""
+"""Command line: ``python -m streaming serve`` (the benchmarks: ``python -m benchmarks``)."""
 
 from __future__ import annotations
 
@@ -79,14 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument("--info-public", action="store_true", default=None,
                      help="show load figures in /v1/info and /metrics without an API key")
     _add_model_args(serve)
-
-    from .bench import add_bench_arguments
-
-    bench = sub.add_parser("bench", help="stream a manifest over N concurrent sessions and report latency/WER",
-                           description="Benchmark: starts a server on loopback, streams the manifest's clips at "
-                                       "real-time pace over N concurrent sessions, prints JSON and saves a plot.")
-    add_bench_arguments(bench)
-    _add_model_args(bench)
+    # The benchmarks live beside the package (python -m benchmarks) and import this module, never the reverse.
     return parser
 
 
@@ -139,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "serve":
-        return _serve(config)
-    from .bench import run_bench
-
-    return run_bench(args, config)
+    return _serve(config)
 
 
 def _serve(config: Config) -> int:

@@ -27,7 +27,7 @@ import pytest
 
 from streaming.audio import float_to_pcm16
 from streaming.evaluation import REPO_ROOT, Clip, dev_clips, wer
-from streaming.loadgen import StreamResult, stream_audio, with_silence
+from benchmarks.loadgen import StreamResult, stream_audio, with_silence
 from tests import chaos_clients as bad
 from tests.helpers import background_server, embedded_backend
 

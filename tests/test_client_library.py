@@ -172,7 +172,7 @@ def test_outbox_drops_the_oldest_unsent_audio_past_its_bound() -> None:
 
 
 def test_the_client_library_imports_no_model_code() -> None:
-    code = ("import sys, client, client.mic, client.file, client.streaming_client, streaming.loadgen; "
+    code = ("import sys, client, client.mic, client.file, client.streaming_client, benchmarks.loadgen; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'ctranslate2')); "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

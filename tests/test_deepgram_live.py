@@ -20,7 +20,7 @@ from streaming.audio import G711_TABLES, float_to_pcm16
 from streaming.codecs.deepgram import NET_0001_REASON
 from streaming.codecs.deepgram_query import MIN_ENDPOINTING_MS
 from streaming.evaluation import dev_clips
-from streaming.loadgen import with_silence
+from benchmarks.loadgen import with_silence
 from tests.helpers import background_server, v1_final_texts
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 import websockets
 
 from streaming.evaluation import dev_clips, normalize_english, wer
-from streaming.loadgen import stream_audio, with_silence
+from benchmarks.loadgen import stream_audio, with_silence
 from tests.helpers import embedded_backend, running_server
 
 pytestmark = pytest.mark.slow

@@ -24,7 +24,7 @@ import pytest
 from streaming.audio import float_to_pcm16
 from streaming.codecs.deepgram_query import MIN_ENDPOINTING_MS
 from streaming.evaluation import dev_clips
-from streaming.loadgen import with_silence
+from benchmarks.loadgen import with_silence
 from tests.helpers import background_server, v1_final_texts
 from tests.test_openai_realtime import VAD_FIELDS, pcm24
 

@@ -19,7 +19,7 @@ import websockets
 
 from streaming.audio import float_to_pcm16
 from streaming.evaluation import dev_clips
-from streaming.loadgen import stream_audio, with_silence
+from benchmarks.loadgen import stream_audio, with_silence
 from tests.chaos_clients import never_reads
 from tests.fakes import POISON, CountingBackend, poison_finals
 from tests.helpers import background_server, collect_until_close, wait_until

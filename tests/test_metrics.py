@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 
 from streaming.evaluation import dev_clips
-from streaming.loadgen import stream_audio, with_silence
+from benchmarks.loadgen import stream_audio, with_silence
 from streaming.metrics import BusyWindow, ServerMetrics
 from tests.fakes import CountingBackend
 from tests.helpers import background_server

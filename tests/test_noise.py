@@ -13,7 +13,7 @@ import pytest
 
 from streaming.config import VadOptions
 from streaming.evaluation import dev_clips, normalize_english
-from streaming.loadgen import stream_audio
+from benchmarks.loadgen import stream_audio
 from streaming.neural_vad import CHUNK_SAMPLES, SileroStream, latest_speech_end
 from streaming.vad import Endpointer, UtteranceEnded, UtteranceStarted
 from tests.fakes import CountingBackend

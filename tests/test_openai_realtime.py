@@ -26,7 +26,7 @@ from openai.types.realtime import (ConversationItemAdded, ConversationItemInputA
                                    InputAudioBufferSpeechStoppedEvent, SessionCreatedEvent, SessionUpdatedEvent)
 
 from streaming.evaluation import dev_clips
-from streaming.loadgen import with_silence
+from benchmarks.loadgen import with_silence
 from tests.helpers import running_server, v1_final_texts
 
 pytestmark = pytest.mark.slow

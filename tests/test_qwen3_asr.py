@@ -356,7 +356,7 @@ def test_stable_text_is_monotone_and_stops_at_word_boundary(tiny):
 
 
 def test_benchmark_runs_with_tiny_model(tmp_path):
-    from streaming import bench_qwen3
+    from benchmarks import qwen3 as bench_qwen3
 
     rc = bench_qwen3.main(["--arch", "tiny", "--stream-s", "6", "--windows", "1", "2", "--new-tokens", "2",
                            "--batch-sizes", "1", "3", "--realtime-s", "3", "--out", str(tmp_path)])
@@ -376,7 +376,7 @@ def test_session_over_loopback(tiny):
 
     from streaming.audio import float_to_pcm16
     from streaming.evaluation import dev_clips
-    from streaming.loadgen import with_silence
+    from benchmarks.loadgen import with_silence
     from tests.helpers import running_server
 
     backend = make_backend(tiny, repetition_guard=True, max_new_tokens_per_step=4)

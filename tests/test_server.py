@@ -10,7 +10,7 @@ import websockets
 
 from streaming.audio import float_to_pcm16
 from streaming.evaluation import dev_clips
-from streaming.loadgen import stream_audio, with_silence
+from benchmarks.loadgen import stream_audio, with_silence
 from tests.fakes import CountingBackend
 from tests.helpers import background_server, collect_until_close, running_server
 

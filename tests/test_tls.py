@@ -12,7 +12,7 @@ import websockets
 
 from streaming.audio import float_to_pcm16
 from streaming.evaluation import dev_clips
-from streaming.loadgen import with_silence
+from benchmarks.loadgen import with_silence
 from tests.fakes import CountingBackend
 from tests.helpers import background_server
 

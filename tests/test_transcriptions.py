@@ -544,7 +544,7 @@ def english():
 
 
 def padded(clip) -> np.ndarray:
-    from streaming.loadgen import with_silence
+    from benchmarks.loadgen import with_silence
 
     return with_silence(clip.load(), lead_s=0.3, trail_s=1.5)
 
@@ -561,7 +561,7 @@ async def test_files_match_the_reference_and_the_stream(real_server, english, tm
     from openai import AsyncOpenAI
 
     from streaming.evaluation import wer
-    from streaming.loadgen import stream_audio
+    from benchmarks.loadgen import stream_audio
 
     client = AsyncOpenAI(base_url=f"http://127.0.0.1:{real_server.server.port}/v1", api_key="k", max_retries=0)
     texts: dict[str, dict[str, str]] = {fmt: {} for fmt, _, _ in FORMATS}
@@ -601,7 +601,7 @@ async def test_verbose_json_segments_and_words_in_file_time(real_server, english
     """Segments and word timings of a file are the stream's finals and words for the same audio."""
     from openai import AsyncOpenAI
 
-    from streaming.loadgen import stream_audio
+    from benchmarks.loadgen import stream_audio
 
     clip = next(c for c in english if c.id == "jfk")
     client = AsyncOpenAI(base_url=f"http://127.0.0.1:{real_server.server.port}/v1", api_key="k", max_retries=0)
@@ -665,7 +665,7 @@ async def test_a_long_file_is_cut_into_the_streams_utterances(real_server):
     from openai import AsyncOpenAI
 
     from streaming.evaluation import dev_clips, wer
-    from streaming.loadgen import stream_audio, with_silence
+    from benchmarks.loadgen import stream_audio, with_silence
 
     clips = {c.id: c for c in dev_clips()}
     ids = ["lib_left", "cards_001", "librivox_0870", "goforward"]

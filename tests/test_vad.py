@@ -5,7 +5,7 @@ import pytest
 
 from streaming.config import VadOptions
 from streaming.evaluation import dev_clips
-from streaming.loadgen import with_silence
+from benchmarks.loadgen import with_silence
 from streaming.vad import Endpointer, UtteranceAudio, UtteranceEnded, UtteranceStarted
 
 SR = 16000

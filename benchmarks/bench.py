@@ -1,6 +1,6 @@
 """End-to-end benchmark: N concurrent sessions streaming a manifest at real-time pace.
 
-``python -m streaming bench --streams 1,2,4 --manifest ../shared/eval/dev-full.jsonl``
+``python -m benchmarks bench --streams 1,2,4 --manifest ../shared/eval/dev-full.jsonl``
 starts the server in-process on loopback (or uses ``--url``), gives each of N
 workers a share of the clips (one session per clip, clip + trailing silence,
 then ``stop``), and reports WER, first-partial and final latency (p50/p95),
@@ -21,12 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config
-from .evaluation import Clip, load_manifest, wer
-from .loadgen import StreamResult, stream_audio, with_silence
-from .server import BackgroundServer
+from streaming.config import Config
+from streaming.evaluation import Clip, eval_dir, load_manifest, wer
+from streaming.loading import load_configured_backend
+from streaming.server import BackgroundServer
 
-log = logging.getLogger("streaming.bench")
+from .loadgen import StreamResult, stream_audio, with_silence
+from .plotting import plot_reports
+
+log = logging.getLogger("benchmarks.bench")
 
 
 HELD_FINAL_P95_S = 3.0
@@ -50,14 +53,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def run_bench(args: argparse.Namespace, config: Config) -> int:
-    from .evaluation import eval_dir
-
     manifest = Path(args.manifest) if args.manifest else eval_dir() / "dev-full.jsonl"
     clips = load_manifest(manifest)
     backend = None
     if args.url is None:
-        from .loading import load_configured_backend
-
         backend = load_configured_backend(config)
     multilingual = backend.multilingual if backend else True
     languages = (args.languages.split(",") if args.languages else (None if multilingual else ["en"]))
@@ -156,38 +155,3 @@ async def _stream_all(url: str, clips: list[Clip], n: int, args, config: Config)
 
     await asyncio.gather(*(worker() for _ in range(n)))
     return results
-
-
-def plot_reports(reports: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for rep in reports:
-        for ax, key in zip(axes[:2], ("first_partial", "final")):
-            values = sorted(rep["latencies"][key])
-            if values:
-                ax.plot(values, np.linspace(0, 1, len(values)), label=f"{rep['streams']} stream(s)")
-    axes[0].set_title("first partial latency (CDF)")
-    axes[1].set_title("final latency after end of speech (CDF)")
-    for ax in axes[:2]:
-        ax.set_xlabel("seconds")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    n = [r["streams"] for r in reports]
-    x = np.arange(len(n))
-    axes[2].bar(x, [100 * (r["wer_en"] or 0) for r in reports], color="tab:blue", alpha=0.7)
-    axes[2].set_xticks(x, [str(v) for v in n])
-    axes[2].set_ylabel("WER % (English)", color="tab:blue")
-    engine_load = axes[2].twinx()
-    engine_load.plot(x, [(r["rtf"] or 0) * r["streams"] for r in reports], "o-", color="tab:red")
-    engine_load.set_ylabel("engine busy fraction (RTF x streams)", color="tab:red")
-    engine_load.set_ylim(0, max(1.05, max((r["rtf"] or 0) * r["streams"] for r in reports) * 1.1))
-    axes[2].set_xlabel("concurrent streams")
-    axes[2].set_title(f"{reports[0]['model']}: WER and engine load")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

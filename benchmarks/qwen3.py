@@ -9,8 +9,8 @@ previous text minus its last 5 tokens as prefix and no cache. A second part
 size keeps up with the audio. Random weights with the real architecture never
 emit EOS, so new tokens per step are capped (``--new-tokens``).
 
-    python -m streaming.bench_qwen3 --arch 0.6b --stream-s 60 --windows 1 2 4 8 --out bench/qwen3
-    python -m streaming.bench_qwen3 --device cuda --dtype bfloat16 --batch-sizes 1 8 32
+    python -m benchmarks qwen3 --arch 0.6b --stream-s 60 --windows 1 2 4 8 --out bench/qwen3
+    python -m benchmarks qwen3 --device cuda --dtype bfloat16 --batch-sizes 1 8 32
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.plotting import plot_qwen3
 from streaming.models.base import SAMPLE_RATE_HZ, UtteranceOptions
 from streaming.models.qwen3_asr import (
     AUDIO_PAD,
@@ -200,31 +201,6 @@ def feature_drift(window_s: int = 4, seconds: float = 60.0) -> dict:
             "offline_exact_rebuilds": rebuilds, "offline_exact_steps": steps}
 
 
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for run in results["runs"]:
-        t = [r["t_s"] for r in run["steps"]]
-        style = "k--" if run["mode"] == "refeed" else "-"
-        for ax, key in zip(axes, ("latency_ms", "encoder_frames", "decoder_positions")):
-            ax.plot(t, [r[key] for r in run["steps"]], style, label=run["mode"])
-    for ax, title in zip(axes, ("step latency (ms)", "encoder frames recomputed", "decoder positions recomputed")):
-        ax.set_xlabel("stream length (s)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    cfg = results["config"]
-    fig.suptitle(f"Qwen3-ASR {cfg['arch']} (random weights) on {cfg['device']} {cfg['dtype']}, "
-                 f"{cfg['new_tokens']} new tokens/step: streaming cache vs re-feed")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def summarize(run: dict) -> dict:
     """Means over the first and last 10 s of the stream."""
     steps = run["steps"]
@@ -238,7 +214,7 @@ def summarize(run: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m streaming.bench_qwen3")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m benchmarks qwen3")
     p.add_argument("--arch", default="0.6b", choices=["tiny", "0.6b", "1.7b"],
                    help="architecture of the random-weight model (real sizes)")
     p.add_argument("--model", default=None, help="load real weights instead (local folder or hub id)")
@@ -304,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_drift:
         results["feature_drift"] = feature_drift(window_s=4, seconds=min(args.stream_s, 60))
     (out / "bench_qwen3.json").write_text(json.dumps(results, indent=1))
-    plot(results, out / "bench_qwen3.png")
+    plot_qwen3(results, out / "bench_qwen3.png")
     for run in results["runs"]:
         s = run["summary"]
         print(f"{run['mode']:>10}: latency {s['latency_ms']['first']:.0f} -> {s['latency_ms']['last']:.0f} ms, "
