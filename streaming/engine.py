@@ -1,27 +1,24 @@
-"""The inference engine: one worker thread owns the model and batches all sessions' work.
+"""The inference engine: one worker thread owns the model and runs what the scheduler picks.
 
-Sessions (on the asyncio loop) open utterances, feed audio and request partials
-or finals; each request returns an ``asyncio.Future``. The worker thread
-repeatedly takes a batch — finals first (they are what users wait for at an
-endpoint), then partials; within a kind, round-robin over *groups* (sessions),
-so one client flooding the engine with work gets one turn like every other
-session and cannot delay their finals; at most ``max_batch`` — appends
-the audio that arrived meanwhile to each utterance state and runs one batched
-``Backend.finalize`` or ``Backend.step``. A partial always decodes all audio
-received by the time the batch starts, so stale partial work is never done:
-there is at most one pending partial per utterance. The event loop never runs
-model code.
+Sessions (on the asyncio loop) open utterances, feed audio and request partials or
+finals; each request returns an ``asyncio.Future``. What runs next, in which batch, and
+which work is stale or held back under overload is the pure policy of
+:class:`~streaming.scheduler.Scheduler` (finals first, round-robin between sessions,
+partial batches sized from measured cost; read its docstring). This module is the
+plumbing around it: the thread, the lock, the backend and its per-utterance states, the
+audio chunks, and the futures, settled on their loop with ``call_soon_threadsafe``. The
+event loop never runs model code.
 
-A batch that raises is retried item by item, so one poisoned utterance fails
-alone and the others of its batch still get their results. :meth:`Engine.backlog`
-tells the server how much work one session has waiting, so it can stop reading a
-client that sends audio faster than the engine decodes it.
+A batch that raises is retried item by item, so one poisoned utterance fails alone and
+the others of its batch still get their results. :meth:`Engine.backlog` tells the server
+how much work one session has waiting (it stops reading a client that sends faster than
+the engine decodes), :meth:`Engine.load` how loaded the whole engine is (admission).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import dataclasses
 import logging
 import threading
 import time
@@ -32,9 +29,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .results import UtteranceOptions
+from .scheduler import Backlog, Batch, EngineLoad, Requested, Scheduler, WorkKind
 
 if TYPE_CHECKING:  # the engine holds a backend, it never imports one: the server hands it over
     from .models.base import Backend, UtteranceState
+
+__all__ = ["Backlog", "Engine", "EngineClosed", "EngineLoad", "EngineStats", "WorkKind"]
 
 log = logging.getLogger("streaming.engine")
 
@@ -43,35 +43,16 @@ class EngineClosed(RuntimeError):
     """The engine was stopped or the utterance discarded before the work ran."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Slot:
+    """The worker's side of one utterance: its backend state, audio not yet handed over, futures."""
+
     key: Hashable
     options: UtteranceOptions
-    group: Hashable = None
-    """The session the utterance belongs to: the unit of fairness."""
     state: UtteranceState | None = None
     audio: list[np.ndarray] = field(default_factory=list)
-    audio_samples: int = 0
-    """Samples in ``audio`` (fed, not yet given to the backend)."""
-    running: str | None = None
-    """Kind of the batch this utterance is in right now, if any."""
-    partial: asyncio.Future | None = None
-    partial_since: float = 0.0
-    final: asyncio.Future | None = None
-    final_since: float = 0.0
-    @property
-    def busy(self) -> bool:
-        return self.running is not None
-
-
-@dataclass(frozen=True)
-class Backlog:
-    """Work one group (session) has waiting in the engine."""
-
-    finals: int
-    """Finals requested and not yet delivered (waiting or running)."""
-    audio_s: float
-    """Audio fed to utterances that have a request waiting, not yet taken by a batch."""
+    waiting: dict[WorkKind, asyncio.Future] = field(default_factory=dict)
+    running: dict[WorkKind, asyncio.Future] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,27 +65,30 @@ class EngineStats:
     max_batch_seen: int = 0
     errors: int = 0
     """Items whose work failed (after the one-by-one retry)."""
+    partials_coalesced: int = 0
+    """Partial requests answered by a decode already waiting for the same utterance."""
+    partials_deferred: int = 0
+    """Partial requests held back while finals were overloaded (decoded later, with all audio)."""
+    partials_dropped: int = 0
+    """Partials answered with nothing because the utterance's final was requested (stale)."""
 
 
 class Engine:
     """Owns a :class:`Backend`; see the module docstring."""
 
-    def __init__(self, backend: Backend, max_batch: int = 8, threads: int = 0, partial_batch_s: float = 0.5) -> None:
+    def __init__(self, backend: Backend, max_batch: int = 8, threads: int = 0, partial_batch_s: float = 0.5,
+                 partial_shed_s: float = 1.0) -> None:
         self.backend = backend
         self.max_batch = max(1, max_batch)
         self.threads = threads
         self.partial_batch_s = partial_batch_s
-        self._partial_item_s = 0.0
-        """Moving average of the cost of one utterance in a partial batch (0 = not measured yet)."""
-        self.stats = EngineStats()
+        self.partial_shed_s = partial_shed_s
+        self._scheduler = Scheduler(self.max_batch, partial_batch_s, partial_shed_s, now_s=time.monotonic())
+        self._stats = EngineStats()
         self._slots: dict[Hashable, _Slot] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._running = False
-        self._order = itertools.count()
-        self._turns = itertools.count(1)
-        self._last_turn: dict[Hashable, int] = {}
-        """Group → the turn it last had a batch item in (round-robin between sessions)."""
         self.on_batch: Callable[[str, int, float], None] | None = None
         """Called from the worker after each batch with (kind, size, seconds) — metrics."""
 
@@ -122,83 +106,100 @@ class Engine:
             self._running = False
             slots = list(self._slots.values())
             self._slots.clear()
+            for slot in slots:
+                self._scheduler.discard(slot.key)
             self._cond.notify_all()
         for slot in slots:
-            _settle(slot.partial, exc=EngineClosed("engine stopped"))
-            _settle(slot.final, exc=EngineClosed("engine stopped"))
+            _settle_all(slot.waiting, exc=EngineClosed("engine stopped"))
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+
+    # ---- figures (any thread) ----------------------------------------------------------------
 
     @property
     def pending(self) -> int:
         """Requests waiting for the worker (a load indicator)."""
         with self._cond:
-            return sum((s.partial is not None) + (s.final is not None) for s in self._slots.values())
+            return self._scheduler.pending
 
     @property
     def utterances(self) -> int:
         with self._cond:
-            return len(self._slots)
+            return self._scheduler.utterances
+
+    @property
+    def stats(self) -> EngineStats:
+        """A snapshot of the counters since start."""
+        with self._cond:
+            shed = self._scheduler.shed
+            return dataclasses.replace(self._stats, partials_coalesced=shed.coalesced,
+                                       partials_deferred=shed.deferred, partials_dropped=shed.dropped)
+
+    def load(self) -> EngineLoad:
+        """How loaded the engine is now (busy fraction, waits, queue, measured costs): for admission."""
+        with self._cond:
+            return self._scheduler.load(time.monotonic())
+
+    def backlog(self, group: Hashable) -> Backlog:
+        """What ``group`` has waiting: the server stops reading a client whose backlog is too large."""
+        with self._cond:
+            return self._scheduler.backlog(group)
 
     # ---- API for sessions (call from the event loop) -----------------------------------------
 
     def open(self, key: Hashable, options: UtteranceOptions, group: Hashable = None) -> None:
         """Open an utterance; ``group`` (the session) is what fairness is counted by (default: the key)."""
         with self._cond:
-            self._slots[key] = _Slot(key, options, group=key if group is None else group)
+            self._scheduler.open(key, key if group is None else group)
+            self._slots[key] = _Slot(key, options)
 
     def feed(self, key: Hashable, audio: np.ndarray) -> None:
+        """Add audio to an open utterance (ignored once it is discarded or finished)."""
         with self._cond:
             slot = self._slots.get(key)
             if slot is not None:
                 slot.audio.append(audio)
-                slot.audio_samples += audio.size
-
-    def backlog(self, group: Hashable) -> Backlog:
-        """What ``group`` has waiting: the server stops reading a client whose backlog is too large."""
-        finals = 0
-        samples = 0
-        with self._cond:
-            for slot in self._slots.values():
-                if slot.group != group:
-                    continue
-                finals += slot.final is not None or slot.running == "final"
-                if slot.final is not None or slot.partial is not None:
-                    samples += slot.audio_samples
-        return Backlog(finals, samples / 16_000)
+                self._scheduler.feed(key, audio.size)
 
     def request_partial(self, key: Hashable) -> asyncio.Future:
-        return self._request(key, "partial")
+        """A hypothesis over all audio fed by the time it runs; resolves to None if it became stale."""
+        return self._request(key, WorkKind.PARTIAL)
 
     def request_final(self, key: Hashable) -> asyncio.Future:
-        return self._request(key, "final")
+        """The utterance's final result; the utterance is closed once it is delivered."""
+        return self._request(key, WorkKind.FINAL)
 
     def discard(self, key: Hashable) -> None:
         """Forget an utterance (client gone); its pending futures fail with EngineClosed."""
         with self._cond:
             slot = self._slots.pop(key, None)
+            self._scheduler.discard(key)
         if slot is not None:
-            _settle(slot.partial, exc=EngineClosed("discarded"))
-            _settle(slot.final, exc=EngineClosed("discarded"))
+            _settle_all(slot.waiting, exc=EngineClosed("discarded"))
 
-    def _request(self, key: Hashable, kind: str) -> asyncio.Future:
+    def _request(self, key: Hashable, kind: WorkKind) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         with self._cond:
             slot = self._slots.get(key)
             if slot is None or not self._running:
                 future.set_exception(EngineClosed(f"no open utterance {key!r}"))
                 return future
-            previous = getattr(slot, kind)
-            if previous is not None and not previous.done():
-                return previous
-            if kind == "final" and slot.partial is not None:
-                # The utterance is ending: a partial not yet started is stale, drop it.
-                stale, slot.partial = slot.partial, None
-                if not stale.done():
-                    stale.set_result(None)
-            setattr(slot, kind, future)
-            setattr(slot, f"{kind}_since", next(self._order))
+            outcome = self._scheduler.request(key, kind, time.monotonic())
+            if outcome.dropped_partial:
+                _settle(slot.waiting.pop(WorkKind.PARTIAL, None), value=None)
+            if outcome.status is Requested.STALE:
+                future.set_result(None)
+                return future
+            if outcome.status is Requested.JOINED:
+                # Share the answer; a future its caller cancelled is replaced where it sits.
+                where = slot.waiting if kind in slot.waiting else slot.running
+                previous = where.get(kind)
+                if previous is not None and not previous.done():
+                    return previous
+                where[kind] = future
+                return future
+            slot.waiting[kind] = future
             self._cond.notify()
         return future
 
@@ -211,96 +212,56 @@ class Engine:
             torch.set_num_threads(self.threads)
         while True:
             with self._cond:
-                batch, kind = self._take_batch()
-                while batch is None and self._running:
-                    self._cond.wait()
-                    batch, kind = self._take_batch()
-                if not self._running:
+                batch = self._next_batch()
+                if batch is None:
                     return
-            self._process(batch, kind)
+                work = [self._take(key, batch.kind) for key in batch.keys]
+            self._process(batch, work)
 
-    def _take_batch(self) -> tuple[list[tuple[_Slot, list[np.ndarray], asyncio.Future]] | None, str]:
-        """Pick the next batch under the lock: finals first, then round-robin between groups.
+    def _next_batch(self) -> Batch | None:
+        """Under the lock: wait until the scheduler gives a batch (None once stopped)."""
+        while self._running:
+            now_s = time.monotonic()
+            batch = self._scheduler.next_batch(now_s)
+            if batch is not None:
+                return batch
+            wake_s = self._scheduler.next_wake_s(now_s)  # a partial held back under overload
+            self._cond.wait(None if wake_s is None else max(0.0, wake_s - now_s))
+        return None
 
-        Groups that waited longest since their last turn go first, one item each;
-        the rest of the batch is filled, oldest request first, only once every
-        waiting group has an item in it.
-        """
-        for kind in ("final", "partial"):
-            ready = [s for s in self._slots.values() if getattr(s, kind) is not None and not s.busy]
-            if not ready:
-                continue
-            ready.sort(key=lambda s: (self._last_turn.get(s.group, 0), getattr(s, f"{kind}_since")))
-            limit = self._batch_limit(kind)
-            chosen: list[_Slot] = []
-            groups: set[Hashable] = set()
-            for slot in ready:
-                if slot.group not in groups and len(chosen) < limit:
-                    chosen.append(slot)
-                    groups.add(slot.group)
-            extra = sorted((s for s in ready if s not in chosen), key=lambda s: getattr(s, f"{kind}_since"))
-            chosen += extra[: limit - len(chosen)]
-            turn = next(self._turns)
-            batch = []
-            for slot in chosen:
-                self._last_turn[slot.group] = turn
-                future = getattr(slot, kind)
-                setattr(slot, kind, None)
-                audio, slot.audio, slot.audio_samples = slot.audio, [], 0
-                slot.running = kind
-                batch.append((slot, audio, future))
-            return batch, kind
-        return None, ""
+    def _take(self, key: Hashable, kind: WorkKind) -> tuple[_Slot, list[np.ndarray]]:
+        """Under the lock: move an item's future to running and take the audio fed since its last batch."""
+        slot = self._slots[key]
+        future = slot.waiting.pop(kind, None)
+        if future is not None:
+            slot.running[kind] = future
+        audio, slot.audio = slot.audio, []
+        return slot, audio
 
-    def _batch_limit(self, kind: str) -> int:
-        """Finals: ``max_batch``. Partials: as many as fit in ``partial_batch_s`` at the measured cost.
-
-        On a GPU an item costs little and batches stay large; on a CPU, where cost grows with
-        the batch, partials go in small batches so finals are never stuck behind a long one.
-        """
-        if kind == "final" or self._partial_item_s <= 0:
-            return self.max_batch
-        return max(1, min(self.max_batch, int(self.partial_batch_s / self._partial_item_s)))
-
-    def _process(self, batch: list[tuple[_Slot, list[np.ndarray], asyncio.Future]], kind: str) -> None:
+    def _process(self, batch: Batch, work: list[tuple[_Slot, list[np.ndarray]]]) -> None:
+        kind = batch.kind.value
         t0 = time.perf_counter()
-        outcomes: list[object] = [self._prepare(slot, audio) for slot, audio, _ in batch]
+        outcomes: list[object] = [self._prepare(slot, audio) for slot, audio in work]
         ready = [i for i, o in enumerate(outcomes) if o is None]
         if ready:
             try:
-                results = self._call_backend([batch[i][0] for i in ready], kind)
+                results = self._call_backend([work[i][0] for i in ready], batch.kind)
             except Exception:  # noqa: BLE001 - retried one by one so one poisoned utterance fails alone
                 log.warning("%s batch of %d failed; retrying its items one by one", kind, len(ready), exc_info=True)
-                results = [self._run_alone(batch[i][0], kind) for i in ready]
+                results = [self._run_alone(work[i][0], batch.kind) for i in ready]
             for i, result in zip(ready, results, strict=True):
                 outcomes[i] = result
         elapsed = time.perf_counter() - t0
-        failed = sum(isinstance(o, Exception) for o in outcomes)
-        self.stats.errors += failed
-        if failed < len(batch):
-            self._account(kind, len(batch), elapsed, [o for o in outcomes if not isinstance(o, Exception)])
-        self._finish(batch, kind, outcomes)
-
-    def _account(self, kind: str, size: int, elapsed: float, results: list) -> None:
-        st = self.stats
-        st.batches += 1
-        st.items += size
-        st.busy_s += elapsed
-        st.max_batch_seen = max(st.max_batch_seen, size)
-        if kind == "final":
-            st.final_batches += 1
-        else:
-            st.partial_batches += 1
-            item_s = elapsed / size
-            self._partial_item_s = item_s if self._partial_item_s <= 0 else 0.7 * self._partial_item_s + 0.3 * item_s
-        for result in results:
-            result.stats.setdefault("batch", size)
+        succeeded = [o for o in outcomes if not isinstance(o, Exception)]
+        for result in succeeded:
+            result.stats.setdefault("batch", len(work))
             result.stats.setdefault("batch_ms", round(elapsed * 1000, 1))
-        if self.on_batch is not None:
+        if succeeded and self.on_batch is not None:
             try:
-                self.on_batch(kind, size, elapsed)
+                self.on_batch(kind, len(work), elapsed)
             except Exception:  # noqa: BLE001 - a metrics fault must not stop inference
                 log.exception("on_batch hook failed")
+        self._finish(batch, work, outcomes, elapsed)
 
     def _prepare(self, slot: _Slot, chunks: list[np.ndarray]) -> Exception | None:
         """Create the utterance state if needed and append its new audio; the exception if that fails."""
@@ -314,40 +275,67 @@ class Engine:
             return exc
         return None
 
-    def _call_backend(self, slots: list[_Slot], kind: str) -> list:
+    def _call_backend(self, slots: list[_Slot], kind: WorkKind) -> list:
         states = [slot.state for slot in slots]
-        results = self.backend.finalize(states) if kind == "final" else self.backend.step(states)
+        results = self.backend.finalize(states) if kind is WorkKind.FINAL else self.backend.step(states)
         if len(results) != len(states):
             raise RuntimeError(f"backend returned {len(results)} results for {len(states)} utterances")
         return results
 
-    def _run_alone(self, slot: _Slot, kind: str) -> object:
+    def _run_alone(self, slot: _Slot, kind: WorkKind) -> object:
         """One item of a failed batch on its own: its result, or the exception it raises."""
         try:
             return self._call_backend([slot], kind)[0]
         except Exception as exc:  # noqa: BLE001 - delivered to that utterance's session only
-            log.error("%s of utterance %r failed: %r", kind, slot.key, exc)
+            log.error("%s of utterance %r failed: %r", kind.value, slot.key, exc)
             return exc
 
-    def _finish(self, batch, kind: str, outcomes: list[object]) -> None:
+    def _finish(self, batch: Batch, work: list[tuple[_Slot, list[np.ndarray]]], outcomes: list[object],
+                elapsed: float) -> None:
+        """Report the batch to the scheduler, count it, close what it closed, settle its futures."""
+        failed = [slot.key for (slot, _), o in zip(work, outcomes, strict=True) if isinstance(o, Exception)]
+        orphans: list[tuple[_Slot, BaseException]] = []
         with self._cond:
-            for (slot, _, _), outcome in zip(batch, outcomes, strict=True):
-                slot.running = None
-                if kind == "final" or isinstance(outcome, Exception):
-                    self._slots.pop(slot.key, None)
-            live = {slot.group for slot in self._slots.values()}
-            for group in [g for g in self._last_turn if g not in live]:
-                del self._last_turn[group]
+            for key in self._scheduler.done(batch, elapsed, failed, time.monotonic()):
+                slot = self._slots.pop(key, None)
+                if slot is not None and slot.waiting:
+                    # A failed utterance's state is unusable: what it still waits for fails the same way.
+                    outcome = outcomes[[s.key for s, _ in work].index(key)]
+                    orphans.append((slot, outcome if isinstance(outcome, Exception) else EngineClosed("closed")))
+            self._count(batch, len(failed), elapsed)
+            running = [slot.running.pop(batch.kind, None) for slot, _ in work]
             self._cond.notify()
-        for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+        for future, outcome in zip(running, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 _settle(future, exc=outcome)
             else:
                 _settle(future, value=outcome)
+        for slot, exc in orphans:
+            _settle_all(slot.waiting, exc=exc)
+
+    def _count(self, batch: Batch, failed: int, elapsed: float) -> None:
+        st = self._stats
+        st.errors += failed
+        if failed == len(batch.items):
+            return  # nothing came of it: not a batch in the figures (as before the scheduler split)
+        st.batches += 1
+        st.items += len(batch.items)
+        st.busy_s += elapsed
+        st.max_batch_seen = max(st.max_batch_seen, len(batch.items))
+        if batch.kind is WorkKind.FINAL:
+            st.final_batches += 1
+        else:
+            st.partial_batches += 1
+
+
+def _settle_all(futures: dict[WorkKind, asyncio.Future], exc: BaseException) -> None:
+    for future in futures.values():
+        _settle(future, exc=exc)
+    futures.clear()
 
 
 def _settle(future: asyncio.Future | None, value=None, exc: BaseException | None = None) -> None:
-    """Resolve a future from the worker thread, on its own loop (no-op if nobody waits any more)."""
+    """Resolve a future from any thread, on its own loop (no-op if nobody waits any more)."""
     if future is None:
         return
     loop = future.get_loop()
