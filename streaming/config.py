@@ -1,41 +1,46 @@
 """Every knob, defined once: option dataclasses filled by the config file, the CLI and ``start``.
 
-A TOML config (``configs/*.toml``) has the sections ``[model]``, ``[engine]``,
-``[server]``, ``[session]`` and ``[vad]``, one per dataclass below. The CLI
-overrides single fields; a client's ``start`` message overrides the fields that
-:data:`SESSION_FIELDS` allows, each validated against its range.
+A TOML config (``configs/*.toml``) has the sections ``[model]``, ``[engine]``, ``[server]``,
+``[session]``, ``[vad]``, ``[whisper]`` and ``[qwen3_asr]``, one per dataclass of :class:`Config`.
+A field carries its own rules (:func:`~streaming.knobs.opt`: range, choices, CLI flag, ``start``
+name) and its attribute docstring; the TOML checks, ``--set``, the CLI flags (:mod:`streaming.cli`),
+the ``start`` fields (:data:`SESSION_FIELDS`) and ``/v1/info`` are derived from them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .knobs import ConfigError, knobs, opt
+from .models.options import Qwen3Options, WhisperDecodingOptions
 from .protocol import shown as _shown
 
+__all__ = ["MAX_CONTEXT_CHARS", "SECTIONS", "SESSION_FIELDS", "Config", "ConfigError", "EngineOptions",
+           "ModelOptions", "Qwen3Options", "ServerOptions", "SessionOptions", "StartField", "VadOptions",
+           "WhisperDecodingOptions", "apply_session_fields", "copy_options", "load_config",
+           "session_field_info", "set_field"]
 
-class ConfigError(ValueError):
-    """A config file, CLI value or start field that is unknown or out of range."""
+MAX_CONTEXT_CHARS = 1000
+"""Longest ``context`` (hotwords) in characters, on every protocol."""
 
 
 @dataclass
 class ModelOptions:
     """Which model runs and where."""
 
-    name: str = "tiny.en"
-    """Embedded model name (``tiny.en``, ``base``), a local checkpoint folder, or a hub id."""
-    device: str = "auto"
-    """``cpu``, ``cuda`` or ``auto`` (cuda when available)."""
-    dtype: str = "auto"
-    """``float32``, ``float16``, ``bfloat16`` or ``auto`` (float32 on CPU, half on GPU)."""
-    threads: int = 0
+    name: str = opt("tiny.en", flag="--model", metavar="NAME_OR_PATH")
+    """Embedded model (``tiny.en``, ``base``), a local transformers checkpoint folder (Whisper or
+    Qwen3-ASR), or a hub id."""
+    device: str = opt("auto", choices=("auto", "cpu", "cuda"), flag="--device")
+    """Where the model runs: ``cpu``, ``cuda`` or ``auto`` (cuda when available)."""
+    dtype: str = opt("auto", choices=("auto", "float32", "float16", "bfloat16"), flag="--dtype")
+    """Model precision: ``float32``, ``float16``, ``bfloat16`` or ``auto`` (float32 on CPU, half on GPU)."""
+    threads: int = opt(0, low=0, flag="--threads")
     """Torch intra-op threads for the inference worker; 0 = all cores."""
 
 
@@ -43,20 +48,26 @@ class ModelOptions:
 class EngineOptions:
     """The inference worker that batches the work of all sessions."""
 
-    max_batch: int = 8
+    max_batch: int = opt(8, low=1, flag="--max-batch")
     """Most utterances decoded together in one batch."""
     partial_batch_s: float = 0.5
     """Target duration of one partial batch: partial batches are sized from the measured cost per
     utterance so a final that arrives meanwhile waits at most about this long (finals go first)."""
+    partial_shed_s: float = 1.0
+    """Overload threshold: while a final has waited this long (or the finals waiting would take this
+    long), and for this long after, a partial runs only once it has waited this long (partials degrade
+    first: about one per utterance per this long, each over all audio received; finals never wait for them)."""
 
 
 @dataclass
 class ServerOptions:
     """Network-facing limits and endpoints."""
 
-    host: str = "127.0.0.1"
-    port: int = 8765
-    max_sessions: int = 32
+    host: str = opt("127.0.0.1", flag="--host")
+    """Address to listen on (``0.0.0.0`` = every interface; a non-loopback address needs API keys)."""
+    port: int = opt(8765, low=0, high=65535, flag="--port")
+    """TCP port; 0 = any free port."""
+    max_sessions: int = opt(32, low=1, flag="--max-sessions")
     """Concurrent sessions; one more is refused with ``too_many_sessions``."""
     max_message_bytes: int = 1 << 20
     """Largest client frame; larger gets ``message_too_large``."""
@@ -71,9 +82,9 @@ class ServerOptions:
     """A client that takes no data for this long while events wait is closed (``slow_client``)."""
     web_dir: str = ""
     """Folder of the browser demo; empty = the ``web/`` folder of the repository."""
-    certfile: str = ""
+    certfile: str = opt("", flag="--certfile", metavar="PEM")
     """TLS certificate (PEM) to serve ``wss://`` and ``https://``; empty = plain."""
-    keyfile: str = ""
+    keyfile: str = opt("", flag="--keyfile", metavar="PEM")
     """TLS private key (PEM) for ``certfile``."""
     drain_timeout_s: float = 10.0
     """On shutdown, how long open sessions get to finish their pending finals."""
@@ -94,19 +105,21 @@ class ServerOptions:
     reading that client's socket (TCP backpressure) until the engine catches up."""
     max_pending_finals: int = 2
     """Finals one session may have waiting for the engine before its socket is no longer read."""
-    api_keys: list[str] = field(default_factory=list)
-    """Accepted API keys (``Authorization: Bearer``, subprotocol or ``?token=``); empty = no auth."""
-    api_keys_file: str = ""
+    api_keys: list[str] = opt([], flag="--api-key", metavar="KEY", group="security")
+    """Accepted API keys (``Authorization: Bearer``, subprotocol or ``?token=``), URL-safe characters
+    (letters, digits, ``-._~``); empty = no auth."""
+    api_keys_file: str = opt("", flag="--api-keys-file", metavar="FILE", group="security")
     """File of API keys, one per line (``KEY [max_sessions]``; ``#`` comments); adds to ``api_keys``."""
-    max_sessions_per_key: int = 0
-    """Concurrent sessions one API key may hold (0 = only ``max_sessions``)."""
-    allowed_origins: list[str] = field(default_factory=list)
-    """Browser origins allowed to open sessions (``*`` = any); empty = same origin and localhost."""
-    allow_unauthenticated: bool = False
+    max_sessions_per_key: int = opt(0, low=0, flag="--max-sessions-per-key", group="security")
+    """Concurrent sessions one API key may hold (0 = only ``max_sessions``; the keys file may set its own)."""
+    allowed_origins: list[str] = opt([], flag="--allowed-origin", metavar="ORIGIN", group="security")
+    """Browser origins allowed to open sessions, e.g. ``https://app.example.com`` (``*`` = any); empty =
+    the server's own origin and localhost."""
+    allow_unauthenticated: bool = opt(False, flag="--allow-unauthenticated", group="security")
     """Serve a non-loopback address with no API keys (otherwise the server refuses to start)."""
-    info_public: bool = False
-    """Whether ``/v1/info`` shows load figures (sessions, engine) without an API key."""
-    log_format: str = "text"
+    info_public: bool = opt(False, flag="--info-public", group="security")
+    """Whether ``/v1/info`` load figures (sessions, engine) and ``/metrics`` are served without an API key."""
+    log_format: str = opt("text", choices=("text", "json"), flag="--log-format", group="logging")
     """``text`` or ``json`` (one JSON object per log line)."""
     request_head_timeout_s: float = 10.0
     """A connection that sends no complete HTTP request head within this long is dropped."""
@@ -124,17 +137,17 @@ class ServerOptions:
 class SessionOptions:
     """Per-session decoding options; a client's ``start`` may override them."""
 
-    language: str | None = None
+    language: str | None = opt(None, low=1, high=16, start=True, flag="--language", metavar="CODE")
     """ISO language code; None = the model's default or detection."""
-    partials: bool = True
+    partials: bool = opt(True, start=True)
     """Send partial hypotheses."""
-    step_s: float = 1.0
+    step_s: float = opt(1.0, low=0.25, high=5.0, start=True, flag="--step-s")
     """Stream audio between two partial updates."""
-    window_s: int | None = None
-    """Encoder attention window in seconds (models that support it)."""
-    context: str | None = None
+    window_s: int | None = opt(None, low=1, high=8, start=True, flag="--window-s")
+    """Encoder attention window in whole seconds (models that support it); None = the model's default."""
+    context: str | None = opt(None, low=0, high=MAX_CONTEXT_CHARS, start=True)
     """Hotwords/context text; biases decoding, never in the transcript."""
-    words: bool = False
+    words: bool = opt(False, start=True)
     """Word timings (start, end, probability) on every final."""
 
 
@@ -142,24 +155,24 @@ class SessionOptions:
 class VadOptions:
     """Voice-activity detection and endpointing."""
 
-    aggressiveness: int = 2
+    aggressiveness: int = opt(2, low=0, high=3, start="vad_aggressiveness")
     """webrtcvad mode, 0 (least) to 3 (most aggressive about calling audio non-speech)."""
-    frame_ms: int = 30
+    frame_ms: int = opt(30, choices=(10, 20, 30))
     """VAD frame length: 10, 20 or 30 ms."""
     speech_start_ms: int = 120
     """Voiced audio (within ``speech_window_ms``) needed to open an utterance."""
     speech_window_ms: int = 300
     """Window over which ``speech_start_ms`` is counted."""
-    endpoint_silence_ms: int = 600
+    endpoint_silence_ms: int = opt(600, low=100, high=5000, start=True, flag="--endpoint-silence-ms")
     """Unvoiced audio that ends an utterance."""
-    endpointing: bool = True
+    endpointing: bool = opt(True, start=True)
     """End utterances at pauses; false = manual mode, where only ``finalize``, ``stop`` and the
     ``max_utterance_s`` cut end one."""
-    preroll_ms: int = 150
+    preroll_ms: int = opt(150, low=0, high=1000, start=True)
     """Audio kept before the detected start so first words are not clipped."""
-    max_utterance_s: float = 25.0
+    max_utterance_s: float = opt(25.0, low=2.0, high=120.0, start=True)
     """An utterance is cut at the quietest point near this length."""
-    speech_threshold: float = 0.5
+    speech_threshold: float = opt(0.5, low=0.0, high=0.95, start=True, start_range=(0.1, 0.95))
     """Silero VAD probability that confirms webrtcvad's voiced frames as speech; 0 = webrtcvad alone."""
     speech_hold_ms: int = 600
     """How long after Silero's last speech chunk webrtcvad's voiced frames still count as speech."""
@@ -167,14 +180,21 @@ class VadOptions:
 
 @dataclass
 class Config:
+    """The whole configuration: one options object per TOML section (the field name is the section)."""
+
     model: ModelOptions = field(default_factory=ModelOptions)
     engine: EngineOptions = field(default_factory=EngineOptions)
     server: ServerOptions = field(default_factory=ServerOptions)
     session: SessionOptions = field(default_factory=SessionOptions)
     vad: VadOptions = field(default_factory=VadOptions)
+    whisper: WhisperDecodingOptions = field(default_factory=WhisperDecodingOptions)
+    """Decoding knobs of the Whisper backends (embedded and transformers checkpoints)."""
+    qwen3_asr: Qwen3Options = field(default_factory=Qwen3Options)
+    """Knobs of the Qwen3-ASR backend."""
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+SECTIONS: dict[str, type] = typing.get_type_hints(Config)
+"""Section name → its options dataclass."""
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -195,72 +215,14 @@ def load_config(path: str | Path | None = None) -> Config:
     return config
 
 
-def set_field(obj: Any, key: str, value: Any, where: str = "") -> None:
-    """Set one dataclass field with a strict type check (int accepted for float, never bool for a number)."""
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    if key not in fields:
-        raise ConfigError(f"{where} unknown option {key!r}")
-    kind, nullable = _field_type(type(obj), key)
-    if kind is not None:
-        value = check_value(f"{where} option {key!r}", value, kind, nullable)
-    setattr(obj, key, value)
-
-
-@functools.cache
-def _field_type(cls: type, key: str) -> tuple[type | None, bool]:
-    """The field's type from its annotation (``int``, ``str | None``, ``list[str]`` → list) and nullability.
-
-    None as the type means "not checked" (an annotation this function does not understand).
-    """
-    try:
-        hint = typing.get_type_hints(cls)[key]
-    except Exception:  # an unresolvable annotation: fall back to the default's type
-        default = getattr(cls(), key)
-        return (None if default is None else type(default)), default is None
-    nullable = False
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        nullable = type(None) in args
-        rest = [a for a in args if a is not type(None)]
-        if len(rest) != 1:
-            return None, nullable
-        hint = rest[0]
-    origin = typing.get_origin(hint) or hint
-    return (origin if isinstance(origin, type) else None), nullable
-
-
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-
-
-def check_value(name: str, value: Any, kind: type, nullable: bool = False,
-                low: float | None = None, high: float | None = None) -> Any:
-    """Check one value against its type (JSON's: a bool is not a number), nullability and inclusive range.
-
-    Returns the value converted to ``kind`` (600.0 → 600 for an int, 2 → 2.0 for a float); the range of a
-    string bounds its length. Raises :class:`ConfigError` naming ``name``.
-    """
-    if value is None:
-        if nullable:
-            return None
-        raise ConfigError(f"{name} must be {_TYPE_NAMES.get(kind, kind.__name__)}, not null")
-    if kind in (int, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} must be {_TYPE_NAMES[kind]}, got {_shown(value)}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number, got {value!r}")
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{name} must be a whole number, got {value!r}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ConfigError(f"{name}={_shown(value)} is out of range [{low}, {high}]")
-        try:
-            return kind(value)
-        except OverflowError:  # an integer too large for a float
-            raise ConfigError(f"{name}={_shown(value)} is too large") from None
-    if not isinstance(value, kind):
-        raise ConfigError(f"{name} must be {_TYPE_NAMES.get(kind, kind.__name__)}, got {_shown(value)}")
-    if kind is str and ((low is not None and len(value) < low) or (high is not None and len(value) > high)):
-        raise ConfigError(f"{name} must be {low}-{high} characters long, got {len(value)}")
-    return value
+def set_field(obj: Any, key: str, value: Any, where: str = "", name: str | None = None) -> None:
+    """Set one dataclass field after its knob's checks: strict type (int accepted for float, never bool
+    for a number), nullability, range and choices. Errors name ``name`` (default: ``where`` and the key)."""
+    knob = knobs(type(obj)).get(key)
+    if knob is None:
+        known = ", ".join(knobs(type(obj)))
+        raise ConfigError(f"{name or where} unknown option {key!r} (known: {known})")
+    setattr(obj, key, knob.check(name or f"{where} option {key!r}", value))
 
 
 @dataclass(frozen=True)
@@ -280,22 +242,24 @@ class StartField:
     """Whether ``null`` is a value (it sets the option to None); otherwise null is ``invalid_option``."""
 
 
-MAX_CONTEXT_CHARS = 1000
-# Every field a ``start`` message may set, checked only by this table (docs/protocol.md, /v1/info).
-SESSION_FIELDS: dict[str, StartField] = {
-    "language": StartField("session", "language", str, 1, 16, nullable=True),
-    "partials": StartField("session", "partials", bool),
-    "step_s": StartField("session", "step_s", float, 0.25, 5.0),
-    "window_s": StartField("session", "window_s", int, 1, 8, nullable=True),
-    "context": StartField("session", "context", str, 0, MAX_CONTEXT_CHARS, nullable=True),
-    "words": StartField("session", "words", bool),
-    "endpoint_silence_ms": StartField("vad", "endpoint_silence_ms", int, 100, 5000),
-    "endpointing": StartField("vad", "endpointing", bool),
-    "speech_threshold": StartField("vad", "speech_threshold", float, 0.1, 0.95),
-    "preroll_ms": StartField("vad", "preroll_ms", int, 0, 1000),
-    "max_utterance_s": StartField("vad", "max_utterance_s", float, 2.0, 120.0),
-    "vad_aggressiveness": StartField("vad", "aggressiveness", int, 0, 3),
-}
+_START_SECTIONS = ("session", "vad")
+"""The sections a session copies (:func:`copy_options`): the only ones ``start`` may set."""
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+def _start_fields() -> dict[str, StartField]:
+    """The ``start`` table, from the fields declared with ``opt(start=...)``."""
+    table: dict[str, StartField] = {}
+    for section, cls in SECTIONS.items():
+        for knob in knobs(cls).values():
+            if knob.start is None:
+                continue
+            if section not in _START_SECTIONS or knob.kind not in _JSON_TYPES or knob.start in table:
+                raise TypeError(f"[{section}] {knob.name}: a start field must be a bool/int/float/str of "
+                                f"{_START_SECTIONS} with a name of its own, got {knob.start!r}")
+            low, high = knob.rules.start_range or (knob.rules.low, knob.rules.high)
+            table[knob.start] = StartField(section, knob.name, knob.kind, low, high, knob.nullable)
+    return table
 
 
 def apply_session_fields(session: SessionOptions, vad: VadOptions, fields: dict[str, Any]) -> None:
@@ -307,11 +271,12 @@ def apply_session_fields(session: SessionOptions, vad: VadOptions, fields: dict[
         rule = SESSION_FIELDS.get(key) if isinstance(key, str) else None
         if rule is None:
             raise ConfigError(f"unknown start field {_shown(key)} (known: {', '.join(sorted(SESSION_FIELDS))})")
-        value = check_value(key, value, rule.kind, rule.nullable, rule.low, rule.high)
-        setattr(session if rule.section == "session" else vad, rule.attr, value)
+        target = session if rule.section == "session" else vad
+        setattr(target, rule.attr, knobs(type(target))[rule.attr].check(key, value, for_start=True))
 
 
-_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+SESSION_FIELDS: dict[str, StartField] = _start_fields()
+"""Every field a ``start`` message may set, checked only by these rules (docs/protocol.md, /v1/info)."""
 
 
 def session_field_info() -> dict[str, dict[str, Any]]:

@@ -60,7 +60,7 @@ class StreamingServer:
         self.backend = backend
         self.config = config
         self.engine = Engine(backend, max_batch=config.engine.max_batch, threads=config.model.threads,
-                             partial_batch_s=config.engine.partial_batch_s)
+                             partial_batch_s=config.engine.partial_batch_s, partial_shed_s=config.engine.partial_shed_s)
         self.model_info = ModelInfo(backend.name, backend.supports_window, backend.max_utterance_s,
                                     backend.validate_options)
         self.web_dir = Path(config.server.web_dir) if config.server.web_dir else REPO_ROOT / "web"
