@@ -2,13 +2,13 @@
 # Idempotent set-up of .venv/. `scripts/setup.sh serve` (what `make serve` runs) installs only what
 # serving needs; `scripts/setup.sh test` (what `make test` runs) adds the test, benchmark and client
 # extras, the voice frameworks' venv (.venv/frameworks) and the system packages the tests drive
-# (chromium, PortAudio). Safe to run again: it only does what is missing.
+# (chromium, PortAudio, HAProxy). Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-test}"
 case "$mode" in
   serve) extras=""; system=(libsndfile1) ;;
-  test)  extras="[test]"; system=(libsndfile1 libportaudio2 chromium) ;;
+  test)  extras="[test]"; system=(libsndfile1 libportaudio2 chromium haproxy) ;;
   *) echo "usage: scripts/setup.sh [serve|test]" >&2; exit 2 ;;
 esac
 
@@ -16,6 +16,7 @@ need_apt=()
 for pkg in "${system[@]}"; do
   case "$pkg" in
     chromium) [ -x /usr/bin/chromium ] || need_apt+=(chromium) ;;
+    haproxy) [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy) ;;  # tests/test_haproxy.py
     libportaudio2) ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need_apt+=(libportaudio2) ;;
     libsndfile1) ldconfig -p 2>/dev/null | grep -q libsndfile.so.1 || need_apt+=(libsndfile1) ;;
   esac
