@@ -1,17 +1,26 @@
-"""Command line: ``python -m streaming serve`` (the benchmarks: ``python -m benchmarks``)."""
+"""Command line: ``python -m streaming serve`` (the benchmarks: ``python -m benchmarks``).
+
+The flags are generated from the option dataclasses (:mod:`streaming.config`): a field declared
+with ``opt(flag=...)`` gets that flag, its help from the field's docstring, its type, choices and
+range from the field; every other field is reachable with ``--set SECTION.KEY=VALUE``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import re
 import sys
+from collections.abc import Iterator
+from typing import Any
 
-from .config import Config, ConfigError, load_config, set_field
+from .config import SECTIONS, Config, ConfigError, load_config, set_field
+from .knobs import Knob, knobs
 from .loading import load_configured_backend
 from .logs import setup_logging
 
-SERVE_EPILOG = """\
+SERVE_EPILOG = f"""\
 examples:
   python -m streaming serve                              # embedded Whisper tiny.en on 127.0.0.1:8765
   python -m streaming serve --model base --language fr   # embedded multilingual Whisper base
@@ -19,6 +28,7 @@ examples:
   python -m streaming serve --host 0.0.0.0 --certfile cert.pem --keyfile key.pem --api-keys-file keys.txt
                                                          # wss:// + https://, API keys required
   python -m streaming serve --api-key "$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+  python -m streaming serve --set whisper.agreement_n=3 --set vad.endpoint_silence_ms=800
 
 security: with API keys set, a session needs one (Authorization: Bearer KEY, the
 WebSocket subprotocol "authorization.bearer.KEY" beside "streaming-asr", or ?token=KEY);
@@ -26,28 +36,96 @@ WebSocket subprotocol "authorization.bearer.KEY" beside "streaming-asr", or ?tok
 Serving a non-loopback --host without keys needs --allow-unauthenticated.
 
 Any option of a config section can also be set with --set SECTION.KEY=VALUE
-(e.g. --set vad.endpoint_silence_ms=800); see configs/default.toml for all of them.
+(sections: {", ".join(SECTIONS)});
+configs/default.toml lists every one with its default.
 """
+
+GROUP_ORDER = ("server", "security", "model", "engine", "session", "vad", "whisper", "qwen3_asr", "logging")
+"""The order of the flag groups in ``--help`` (a group not listed here comes after them)."""
+GROUP_HELP = {
+    "security": "API keys and browser origins (see security below).",
+    "session": "Session defaults: a client's start message may override them.",
+    "logging": "Log lines on stderr.",
+}
+"""A group's description where its section's class docstring does not say it."""
+
+
+def flag_knobs() -> Iterator[tuple[str, Knob, str]]:
+    """(section, knob, argparse dest) of every option with a dedicated flag.
+
+    The dest is the flag's own name (``--max-sessions`` → ``max_sessions``), except that a repeatable
+    list flag (``--api-key``) collects into the field's name (``api_keys``).
+    """
+    for section, cls in SECTIONS.items():
+        for knob in knobs(cls).values():
+            if knob.flag is not None:
+                dest = knob.name if knob.kind is list else knob.flag.removeprefix("--").replace("-", "_")
+                yield section, knob, dest
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip_groups: tuple[str, ...] = ()) -> None:
+    """``--config``, ``--set``, ``--log-level`` and the flag of every option, grouped by section."""
+    files = parser.add_argument_group("configuration", "A TOML file, then the flags, then --set.")
+    files.add_argument("--config", metavar="FILE", help="TOML config file (see configs/); CLI options override it")
+    files.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="set any config option (repeatable), e.g. --set whisper.agreement_n=3")
+    chosen = [(knob.rules.group or section, section, knob, dest) for section, knob, dest in flag_knobs()
+              if (knob.rules.group or section) not in skip_groups]
+    rank = {name: i for i, name in enumerate(GROUP_ORDER)}
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, section, knob, dest in sorted(chosen, key=lambda c: rank.get(c[0], len(rank))):  # stable sort
+        if name not in groups:
+            doc = GROUP_HELP.get(name) or (SECTIONS[name].__doc__ if name in SECTIONS else None)
+            groups[name] = parser.add_argument_group(name, doc)
+        groups[name].add_argument(knob.flag, dest=dest, **_argument(knob))
+    if "logging" not in groups:
+        groups["logging"] = parser.add_argument_group("logging", GROUP_HELP["logging"])
+    groups["logging"].add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                                   help="the lowest level logged (default: INFO)")
+
+
+def _argument(knob: Knob) -> dict[str, Any]:
+    """``add_argument`` keywords for a knob: its type, choices, placeholder and help; default None = unset."""
+    kwargs: dict[str, Any] = {"default": None, "help": _help(knob)}
+    if knob.kind is bool:
+        kwargs["action"] = "store_true" if knob.default is False else argparse.BooleanOptionalAction
+        return kwargs
+    if knob.kind is list:
+        kwargs |= {"action": "append", "type": knob.item or str}
+    elif knob.kind in (int, float, str):
+        kwargs["type"] = knob.kind
+    if knob.rules.choices is not None:
+        kwargs["choices"] = list(knob.rules.choices)
+    else:
+        kwargs["metavar"] = knob.rules.metavar or _metavar(knob)
+    return kwargs
+
+
+def _metavar(knob: Knob) -> str:
+    """The value placeholder from the unit in the name (``_ms`` → MS, ``_s`` → S) or the type."""
+    for unit in ("ms", "s"):
+        if knob.name.endswith(f"_{unit}"):
+            return unit.upper()
+    return "N" if knob.kind in (int, float) else "VALUE"
+
+
+def _help(knob: Knob) -> str:
+    """The field's docstring on one line (reST markup dropped), then its range and default."""
+    text = re.sub(r"``(.+?)``", r"\1", " ".join(knob.doc.split())).removesuffix(".").replace("%", "%%")
+    notes = []
+    low, high = knob.rules.low, knob.rules.high
+    if knob.kind in (int, float) and low is not None and high is not None:
+        notes.append(f"{low}-{high}")
+    if knob.kind is list:
+        notes.append("repeatable")
+    elif knob.kind is not bool and knob.default not in (None, ""):
+        notes.append(f"default: {knob.default}")
+    return f"{text} ({'; '.join(notes)})" if notes else text
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML config file (see configs/); CLI options override it")
-    p.add_argument("--model", metavar="NAME_OR_PATH",
-                   help="embedded model (tiny.en [default], base), a local transformers checkpoint folder "
-                        "(Whisper or Qwen3-ASR) or a hub id")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs (default auto)")
-    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help="model precision")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads for the inference worker (0 = all)")
-    p.add_argument("--max-batch", type=int, metavar="N", help="most utterances decoded together in one batch")
-    p.add_argument("--language", metavar="CODE", help="default language (sessions may override in start)")
-    p.add_argument("--window-s", type=int, metavar="S", help="default encoder window 1-8 s (Qwen3-ASR)")
-    p.add_argument("--step-s", type=float, metavar="S", help="default audio between partial updates")
-    p.add_argument("--endpoint-silence-ms", type=int, metavar="MS", help="default silence that ends an utterance")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="set any config option (repeatable)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p.add_argument("--log-format", choices=["text", "json"],
-                   help="text (default) or json: one JSON object per line with every event field")
+    """The flags of a tool that loads the configured model but serves nothing (the benchmarks)."""
+    add_config_arguments(p, skip_groups=("server", "security"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,63 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Run the streaming WebSocket server at ws://HOST:PORT/v1/stream; "
                                        "the browser demo is at http://HOST:PORT/ and the overlay at /overlay.",
                            epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8765; 0 = any free port)")
-    serve.add_argument("--max-sessions", type=int, metavar="N", help="concurrent sessions before refusing")
-    serve.add_argument("--certfile", metavar="PEM", help="TLS certificate: serve wss:// and https://")
-    serve.add_argument("--keyfile", metavar="PEM", help="TLS private key for --certfile")
-    sec = serve.add_argument_group("security")
-    sec.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
-                     help="require this API key (repeatable); URL-safe characters (letters, digits, -._~)")
-    sec.add_argument("--api-keys-file", metavar="FILE",
-                     help="file of API keys, one 'KEY [max_sessions]' per line, # comments")
-    sec.add_argument("--max-sessions-per-key", type=int, metavar="N",
-                     help="concurrent sessions one key may hold (0 = no per-key limit; the file may set its own)")
-    sec.add_argument("--allowed-origin", action="append", dest="allowed_origins", metavar="ORIGIN",
-                     help="browser origin allowed to connect, e.g. https://app.example.com (repeatable; "
-                          "'*' = any; default: the server's own origin and localhost)")
-    sec.add_argument("--allow-unauthenticated", action="store_true", default=None,
-                     help="serve a non-loopback --host without API keys (otherwise refused)")
-    sec.add_argument("--info-public", action="store_true", default=None,
-                     help="show load figures in /v1/info and /metrics without an API key")
-    _add_model_args(serve)
+    add_config_arguments(serve)
     # The benchmarks live beside the package (python -m benchmarks) and import this module, never the reverse.
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Config file, then CLI flags, then --set overrides."""
-    config = load_config(args.config)
-    flags = {
-        ("server", "host"): getattr(args, "host", None), ("server", "port"): getattr(args, "port", None),
-        ("server", "max_sessions"): getattr(args, "max_sessions", None),
-        ("server", "certfile"): getattr(args, "certfile", None),
-        ("server", "keyfile"): getattr(args, "keyfile", None),
-        ("server", "api_keys"): getattr(args, "api_keys", None),
-        ("server", "api_keys_file"): getattr(args, "api_keys_file", None),
-        ("server", "max_sessions_per_key"): getattr(args, "max_sessions_per_key", None),
-        ("server", "allowed_origins"): getattr(args, "allowed_origins", None),
-        ("server", "allow_unauthenticated"): getattr(args, "allow_unauthenticated", None),
-        ("server", "info_public"): getattr(args, "info_public", None),
-        ("server", "log_format"): getattr(args, "log_format", None),
-        ("model", "name"): args.model, ("model", "device"): args.device, ("model", "dtype"): args.dtype,
-        ("model", "threads"): args.threads, ("engine", "max_batch"): args.max_batch,
-        ("session", "language"): args.language, ("session", "window_s"): args.window_s,
-        ("session", "step_s"): args.step_s, ("vad", "endpoint_silence_ms"): args.endpoint_silence_ms,
-    }
-    for (section, key), value in flags.items():
+    """Config file, then CLI flags, then --set overrides (a parser without some flags leaves those unset)."""
+    config = load_config(getattr(args, "config", None))
+    for section, knob, dest in flag_knobs():
+        value = getattr(args, dest, None)
         if value is not None:
-            set_field(getattr(config, section), key, value, where="--")
-    for item in args.set:
+            setattr(getattr(config, section), knob.name, knob.check(knob.flag, value))
+    for item in getattr(args, "set", None) or []:
         name, sep, raw = item.partition("=")
         section, dot, key = name.partition(".")
-        if not sep or not dot or not hasattr(config, section):
+        if not sep or not dot:
             raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
-        set_field(getattr(config, section), key, _parse_value(raw), where=f"--set {section}.")
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+        set_field(getattr(config, section), key, _parse_value(raw), name=f"--set {section}.{key}")
     return config
 
 
-def _parse_value(raw: str):
+def _parse_value(raw: str) -> Any:
+    """A ``--set`` value as TOML reads it (``3``, ``true``, ``"x"``, ``[1, 2]``); anything else is a string."""
     import tomllib
 
     try:

@@ -63,7 +63,7 @@ class EngineOptions:
 class ServerOptions:
     """Network-facing limits and endpoints."""
 
-    host: str = opt("127.0.0.1", flag="--host")
+    host: str = opt("127.0.0.1", flag="--host", metavar="ADDRESS")
     """Address to listen on (``0.0.0.0`` = every interface; a non-loopback address needs API keys)."""
     port: int = opt(8765, low=0, high=65535, flag="--port")
     """TCP port; 0 = any free port."""
@@ -138,13 +138,13 @@ class SessionOptions:
     """Per-session decoding options; a client's ``start`` may override them."""
 
     language: str | None = opt(None, low=1, high=16, start=True, flag="--language", metavar="CODE")
-    """ISO language code; None = the model's default or detection."""
+    """ISO language code; unset (None) = the model's default or detection."""
     partials: bool = opt(True, start=True)
     """Send partial hypotheses."""
     step_s: float = opt(1.0, low=0.25, high=5.0, start=True, flag="--step-s")
     """Stream audio between two partial updates."""
     window_s: int | None = opt(None, low=1, high=8, start=True, flag="--window-s")
-    """Encoder attention window in whole seconds (models that support it); None = the model's default."""
+    """Encoder attention window in whole seconds (models that support it); unset (None) = the model's default."""
     context: str | None = opt(None, low=0, high=MAX_CONTEXT_CHARS, start=True)
     """Hotwords/context text; biases decoding, never in the transcript."""
     words: bool = opt(False, start=True)
@@ -221,7 +221,7 @@ def set_field(obj: Any, key: str, value: Any, where: str = "", name: str | None 
     knob = knobs(type(obj)).get(key)
     if knob is None:
         known = ", ".join(knobs(type(obj)))
-        raise ConfigError(f"{name or where} unknown option {key!r} (known: {known})")
+        raise ConfigError(f"{name + ':' if name else where} unknown option {key!r} (known: {known})")
     setattr(obj, key, knob.check(name or f"{where} option {key!r}", value))
 
 

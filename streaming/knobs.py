@@ -189,7 +189,9 @@ def check_value(name: str, value: Any, kind: type, nullable: bool = False,
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{name} must be a whole number, got {value!r}")
         if (low is not None and value < low) or (high is not None and value > high):
-            raise ConfigError(f"{name}={shown(value)} is out of range {_range(low, high)}")
+            if low is not None and high is not None:
+                raise ConfigError(f"{name}={shown(value)} is out of range [{low}, {high}]")
+            raise ConfigError(f"{name}={shown(value)} must be {_range(low, high)}")
         try:
             return kind(value)
         except OverflowError:  # an integer too large for a float
@@ -202,8 +204,7 @@ def check_value(name: str, value: Any, kind: type, nullable: bool = False,
 
 
 def _range(low: float | None, high: float | None, unit: str = "") -> str:
-    """``[1, 8]`` for a closed range, ``>= 0`` / ``<= 8`` for a half-open one (``unit`` for string lengths)."""
-    if low is not None and high is not None:
-        return f"{low}-{high} {unit}" if unit else f"[{low}, {high}]"
-    text = f">= {low}" if low is not None else f"<= {high}"
+    """``1-8 unit`` for a closed range, ``>= 0 unit`` / ``<= 8 unit`` for a half-open one."""
+    text = f"{low}-{high}" if low is not None and high is not None else (
+        f">= {low}" if low is not None else f"<= {high}")
     return f"{text} {unit}".strip()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
 from .base import Backend
+from .options import Qwen3Options, WhisperDecodingOptions
 
 log = logging.getLogger("streaming.models")
 
@@ -64,8 +66,13 @@ def model_type(name_or_path: str) -> str:
 
 
 def load_backend(name: str, device: str = "auto", dtype: str = "auto", threads: int = 0,
-                 window_s: int | None = None) -> Backend:
-    """Load the backend for an embedded name, a local checkpoint folder or a hub id."""
+                 window_s: int | None = None, whisper: WhisperDecodingOptions | None = None,
+                 qwen3: Qwen3Options | None = None) -> Backend:
+    """Load the backend for an embedded name, a local checkpoint folder or a hub id.
+
+    ``whisper`` or ``qwen3`` (the config's ``[whisper]`` / ``[qwen3_asr]``) go to the backend of that
+    kind; ``window_s``, when given, is the Qwen3-ASR default window instead of ``qwen3.window_s``.
+    """
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     kind = model_type(name)
@@ -74,12 +81,16 @@ def load_backend(name: str, device: str = "auto", dtype: str = "auto", threads: 
     if kind == "embedded-whisper":
         from .whisper import WhisperBackend
 
-        return WhisperBackend.from_embedded(name, device=device, dtype=torch_dtype, threads=threads_arg)
+        return WhisperBackend.from_embedded(name, device=device, dtype=torch_dtype, threads=threads_arg,
+                                            decoding=whisper)
     if kind == "whisper":
         from .whisper import WhisperBackend
 
-        return WhisperBackend.from_pretrained(name, device=device, dtype=torch_dtype, threads=threads_arg)
+        return WhisperBackend.from_pretrained(name, device=device, dtype=torch_dtype, threads=threads_arg,
+                                              decoding=whisper)
     from .qwen3_asr import Qwen3ASRBackend
 
-    kwargs = {"window_s": window_s} if window_s else {}
+    kwargs = dataclasses.asdict(qwen3 or Qwen3Options())
+    if window_s:
+        kwargs["window_s"] = window_s
     return Qwen3ASRBackend.from_pretrained(name, device=device, dtype=torch_dtype, threads=threads_arg, **kwargs)
