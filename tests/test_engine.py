@@ -1,6 +1,7 @@
 """The inference worker: batching, priorities, stale work, errors; with a stand-in model."""
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -67,6 +68,7 @@ async def test_audio_fed_while_waiting_is_included_and_stale_partial_dropped(eng
     assert await p is None
     assert (await final).text == "w0 w1 w2 w3"
     await first
+    assert (engine.stats.partials_coalesced, engine.stats.partials_dropped) == (1, 1)
 
 
 async def test_partial_batches_sized_by_measured_cost(engine_factory):
@@ -161,3 +163,106 @@ async def test_backlog_counts_a_sessions_waiting_work(engine_factory):
     assert engine.backlog("b").finals == 0
     await asyncio.gather(partial, final)
     assert engine.backlog("a") == engine.backlog("b")
+
+
+class GatedBackend(CountingBackend):
+    """Each backend call waits at a gate the test opens, so a test knows what runs when."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def _gate(self) -> None:
+        self.started.set()
+        assert self.release.wait(10), "the test never opened the gate"
+
+    def step(self, states):
+        self._gate()
+        return super().step(states)
+
+    def finalize(self, states):
+        self._gate()
+        return super().finalize(states)
+
+
+@pytest.fixture
+def gated_engine():
+    backend = GatedBackend()
+    engine = Engine(backend, max_batch=8, partial_shed_s=0.1)
+    engine.start()
+    yield engine, backend
+    backend.release.set()
+    engine.stop()
+
+
+async def wait_for(predicate, timeout_s: float = 10.0) -> None:
+    """Poll a figure the worker thread changes (no event to wait on); fails on timeout."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_load_figures_of_a_running_engine(gated_engine):
+    engine, backend = gated_engine
+    batches = []
+    engine.on_batch = lambda kind, size, seconds: batches.append((kind, size))
+    for key in ("a", "b"):
+        engine.open(key, UtteranceOptions(), group=key)
+        engine.feed(key, SECOND)
+    final = engine.request_final("a")
+    assert await asyncio.to_thread(backend.started.wait, 10)
+    partial = engine.request_partial("b")
+    load = engine.load()
+    assert (load.running, load.pending_finals, load.pending_partials) == (1, 0, 1)
+    assert (load.utterances, load.groups) == (2, 2)
+    assert load.busy_fraction > 0 and load.partial_wait_s >= 0
+    backend.release.set()
+    assert (await final).text == "w0 w1" and (await partial).text == "w0 w1"
+    load = engine.load()
+    assert load.final_item_s > 0 and load.partial_item_s > 0 and load.running == 0
+    assert engine.utterances == 1 and batches == [("final", 1), ("partial", 1)]
+
+
+async def test_partials_degrade_under_overload_and_finals_do_not(gated_engine):
+    """A final left waiting past partial_shed_s: the next partial is held, then decodes all audio."""
+    engine, backend = gated_engine
+    order = []
+    for key in ("slow", "late", "p"):
+        engine.open(key, UtteranceOptions(), group=key)
+        engine.feed(key, SECOND)
+    running = engine.request_final("slow")
+    assert await asyncio.to_thread(backend.started.wait, 10)
+    late = engine.request_final("late")
+    await wait_for(lambda: engine.load().shedding)      # "late" has waited over 0.1 s
+    partial = engine.request_partial("p")
+    engine.feed("p", SECOND)
+    for name, fut in [("late", late), ("p", partial)]:
+        fut.add_done_callback(lambda _f, n=name: order.append(n))
+    backend.release.set()
+    await asyncio.gather(running, late)
+    hypothesis = await partial                          # woken by the scheduler's wake time
+    assert order == ["late", "p"]
+    assert engine.stats.partials_deferred == 1
+    assert hypothesis is not None and backend.batches[-1] == ("step", 1)
+
+
+async def test_a_failed_partial_fails_what_its_utterance_still_waits_for(gated_engine):
+    engine, backend = gated_engine
+    real_step = backend.step
+
+    def broken(states):
+        real_step(states)
+        raise RuntimeError("model exploded")
+
+    backend.step = broken
+    engine.open("a", UtteranceOptions())
+    engine.feed("a", SECOND)
+    partial = engine.request_partial("a")
+    assert await asyncio.to_thread(backend.started.wait, 10)
+    final = engine.request_final("a")                    # waits for the running partial
+    backend.release.set()
+    for fut in (partial, final):
+        with pytest.raises(RuntimeError, match="exploded"):
+            await fut
+    assert engine.utterances == 0 and engine.stats.errors == 1
