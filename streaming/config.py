@@ -69,6 +69,14 @@ class ServerOptions:
     """TCP port; 0 = any free port."""
     max_sessions: int = opt(32, low=1, flag="--max-sessions")
     """Concurrent sessions; one more is refused with ``too_many_sessions``."""
+    capacity_streams: int = opt(0, low=0)
+    """Streams admitted at once (one more gets ``overloaded``); 0 = measured from the model's cost at start-up."""
+    latency_target_s: float = opt(1.5, low=0.1, high=60.0)
+    """Final latency (speech end to final) the capacity is sized for; a final waiting half of it means full."""
+    max_busy_fraction: float = opt(0.85, low=0.05, high=1.0)
+    """Model-busy share of wall time the admitted streams may cause; above it new streams get ``overloaded``."""
+    load_admission: bool = True
+    """Whether the live engine load (busy fraction, waiting finals) may refuse streams below the capacity."""
     max_message_bytes: int = 1 << 20
     """Largest client frame; larger gets ``message_too_large``."""
     idle_timeout_s: float = 60.0

@@ -150,6 +150,8 @@ class Error:
     code: str
     message: str
     fatal: bool
+    retry_after_s: float | None = None
+    """For ``overloaded``: about when a new session may be admitted (seconds)."""
 
 
 @dataclass(frozen=True)

@@ -79,12 +79,14 @@ def check_frame_size(frame: str | bytes, limit: int) -> None:
 class ProtocolError(Exception):
     """A client fault with a stable ``code``; the shell turns it into one ``error`` event."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after_s: float | None = None) -> None:
         if code not in ERROR_CODES:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s
+        """A retryable refusal's hint of when to come back (``overloaded``); None = no hint."""
 
     @property
     def fatal(self) -> bool:

@@ -206,7 +206,7 @@ class Session:
             self._event(ev.Ended(self.utterance_count, self._time(self.audio_samples)))
             self._emit(Close(1000, "end of stream"))
         else:
-            self._event(ev.Error(error.code, error.message, fatal=True))
+            self._event(ev.Error(error.code, error.message, fatal=True, retry_after_s=error.retry_after_s))
             self._emit(Close(error.close_code or 1011, error.code))
 
     @staticmethod

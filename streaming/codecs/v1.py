@@ -55,7 +55,10 @@ def event_fields(event: ev.Event) -> dict[str, Any] | None:
     if isinstance(event, ev.Cleared):
         return {"type": "cleared", "utterance_id": event.utterance_id, "at_s": event.at_s}
     if isinstance(event, ev.Error):
-        return {"type": "error", "code": event.code, "message": event.message, "fatal": event.fatal}
+        fields = {"type": "error", "code": event.code, "message": event.message, "fatal": event.fatal}
+        if event.retry_after_s is not None:
+            fields["retry_after_s"] = event.retry_after_s
+        return fields
     if isinstance(event, ev.Ended):
         return {"type": "end", "utterances": event.utterances, "audio_s": event.audio_s}
     return None  # Configured, Finalized: v1 has no message for them
