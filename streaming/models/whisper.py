@@ -14,6 +14,7 @@ encoder run whatever the utterance length: this is why ``max_utterance_s`` is
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -34,6 +35,16 @@ from streaming.models.base import (
     UtteranceOptions,
     UtteranceState,
     Word,
+)
+from streaming.models.decoding import (
+    RaggedBatch,
+    RepetitionGuard,
+    Row,
+    StopCriteria,
+    SuppressTokens,
+    TokenBudget,
+    additive_mask,
+    greedy_decode,
 )
 from streaming.models.options import WhisperDecodingOptions  # defined torch-free (the config reads it); re-exported
 from streaming.stability import LocalAgreement
@@ -134,27 +145,14 @@ class LogMel:
         return (feats + 4.0) / 4.0
 
 
-def find_loop(tokens: list[int], max_ngram: int = 12) -> int | None:
-    """Length to truncate ``tokens`` to if they end in a repetition loop, else ``None``.
+LOOP_GUARD = RepetitionGuard(min_repeats=3, min_repeated_tokens=12, max_ngram=12, keep_one_copy=True)
+"""Whisper's decoder-loop rule: an n-gram repeated back-to-back at the end (12x for single tokens,
+6x for pairs, 4x for triples, 3x for longer ones) is a loop; one copy is kept."""
 
-    An n-gram repeated back-to-back at the end (12× for single tokens, 6× for
-    pairs, 4× for triples, 3× for longer ones) is a decoder loop; one copy is kept.
-    """
-    size = len(tokens)
-    for n in range(1, max_ngram + 1):
-        need = max(3, math.ceil(12 / n))
-        if size < n * need:
-            break
-        gram = tokens[size - n:]
-        reps = 1
-        while reps < need and tokens[size - (reps + 1) * n: size - reps * n] == gram:
-            reps += 1
-        if reps >= need:
-            start = size - n
-            while start - n >= 0 and tokens[start - n: start] == gram:
-                start -= n
-            return start + n
-    return None
+
+def find_loop(tokens: list[int], max_ngram: int = 12) -> int | None:
+    """Length to truncate ``tokens`` to if they end in a repetition loop (:data:`LOOP_GUARD`), else ``None``."""
+    return dataclasses.replace(LOOP_GUARD, max_ngram=max_ngram).find(tokens)
 
 
 class WhisperBackend(Backend):
@@ -442,7 +440,7 @@ class WhisperBackend(Backend):
     def _greedy(self, enc: torch.Tensor, prompts: list[list[int]], caps: list[int], suppress: torch.Tensor,
                 suppress_begin: torch.Tensor | None = None,
                 cross_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[_Decoded]:
-        """Batched greedy decoding of rows with prompts of different lengths.
+        """Batched greedy decoding of rows with prompts of different lengths (:mod:`.decoding`).
 
         The prompts are right-padded into one prefill; the cache then holds
         padding columns that a per-row mask hides, and each row's positions
@@ -454,19 +452,14 @@ class WhisperBackend(Backend):
 
         B = len(prompts)
         dev = self.device
-        lengths = torch.tensor([len(p) for p in prompts], device=dev)
-        width = int(lengths.max())
-        ids = torch.full((B, width), self.eot_id, dtype=torch.long, device=dev)
+        batch, prefill = RaggedBatch.prefill([0] * B, [len(p) for p in prompts], pad_new="right", device=dev)
+        ids = torch.full(prefill.positions.shape, self.eot_id, dtype=torch.long, device=dev)
         for i, p in enumerate(prompts):
             ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        cols = torch.arange(width, device=dev)
-        valid = cols[None, :] < lengths[:, None]  # [B, width] real (not padding) cache columns
-        causal = cols[None, :] <= cols[:, None]  # [q, k]
-        allowed = causal[None] & valid[:, None, :]
-        positions = cols[None, :].expand(B, width)
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         hidden = self.decoder(input_ids=ids, encoder_hidden_states=enc, cache=cache, use_cache=True,
-                              position_ids=positions, attention_mask=self._additive(allowed)).last_hidden_state
+                              position_ids=prefill.positions,
+                              attention_mask=self._additive(prefill.allowed)).last_hidden_state
         if cross_kv is not None:  # reordering below makes new tensors: these stay whole
             cross_kv.extend((layer.keys, layer.values) for layer in cache.cross_attention_cache.layers)
 
@@ -476,63 +469,27 @@ class WhisperBackend(Backend):
             sot_at = torch.tensor([p.index(self.sot_id) for p in prompts], device=dev)
             sot_logits = self._logits(hidden[torch.arange(B, device=dev), sot_at])
             no_speech = sot_logits.softmax(-1)[:, self.no_speech_id].tolist()
-        last = hidden[torch.arange(B, device=dev), lengths - 1]  # [B, d]
+        last = hidden[torch.arange(B, device=dev), prefill.last]  # [B, d]
 
-        out_tokens: list[list[int]] = [[] for _ in range(B)]
-        out_logprobs: list[list[float]] = [[] for _ in range(B)]
-        logprob_sum = [0.0] * B  # over every generated token, a loop's cut repeats included
-        stops = ["cap" if cap <= 0 else "" for cap in caps]
-        alive = [r for r in range(B) if not stops[r]]  # original row of each live cache row
-        step_pos = lengths
-        if len(alive) < B:
-            if not alive:
-                return [_Decoded([], "cap", float(p), 0.0, []) for p in no_speech]
-            sel = torch.tensor(alive, device=dev)
-            cache.reorder_cache(sel)
-            last, valid, step_pos, enc = last[sel], valid[sel], step_pos[sel], enc[sel]
-        first = True
-        while True:
-            logits = self._logits(last)
-            mask = suppress_begin if (first and suppress_begin is not None) else suppress
-            logits.masked_fill_(mask, -math.inf)
-            logprobs = logits.log_softmax(-1)
-            best = logprobs.argmax(-1)
-            best_lp = logprobs.gather(1, best[:, None])[:, 0]
-            first = False
-            keep: list[int] = []  # positions in the live batch of rows that go on
-            for j, (r, tok, lp) in enumerate(zip(alive, best.tolist(), best_lp.tolist(), strict=True)):
-                if tok == self.eot_id:
-                    stops[r] = "eot"
-                    continue
-                out_tokens[r].append(tok)
-                out_logprobs[r].append(lp)
-                logprob_sum[r] += lp
-                loop_end = find_loop(out_tokens[r])
-                if loop_end is not None:
-                    log.debug("decoder loop after %d tokens, truncated to %d", len(out_tokens[r]), loop_end)
-                    del out_tokens[r][loop_end:]
-                    del out_logprobs[r][loop_end:]
-                    stops[r] = "loop"
-                elif len(out_tokens[r]) >= caps[r]:
-                    stops[r] = "cap"
-                else:
-                    keep.append(j)
-            if not keep:
-                break
-            if len(keep) < len(alive):
-                sel = torch.tensor(keep, device=dev)
-                cache.reorder_cache(sel)
-                best, valid, step_pos, enc = best[sel], valid[sel], step_pos[sel], enc[sel]
-                alive = [alive[j] for j in keep]
-            valid = torch.cat([valid, torch.ones(len(alive), 1, dtype=torch.bool, device=dev)], dim=1)
-            hidden = self.decoder(input_ids=best[:, None], encoder_hidden_states=enc, cache=cache, use_cache=True,
-                                  position_ids=step_pos[:, None],
-                                  attention_mask=self._additive(valid[:, None, :])).last_hidden_state
-            step_pos = step_pos + 1
-            last = hidden[:, -1]
+        def step(ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor,
+                 past: Any) -> tuple[torch.Tensor, Any]:
+            cache, enc = past
+            hidden = self.decoder(input_ids=ids, encoder_hidden_states=enc, cache=cache, use_cache=True,
+                                  position_ids=positions, attention_mask=self._additive(allowed)).last_hidden_state
+            return self._logits(hidden[:, -1]), past
 
-        return [_Decoded(out_tokens[r], stops[r] or "eot", float(no_speech[r]),
-                         logprob_sum[r] / max(1, len(out_tokens[r])), out_logprobs[r]) for r in range(B)]
+        def select(past: Any, rows: torch.Tensor) -> Any:
+            cache, enc = past
+            cache.reorder_cache(rows)
+            return cache, enc[rows]
+
+        stop = StopCriteria(frozenset({self.eot_id}), (LOOP_GUARD, TokenBudget()))
+        decoded = greedy_decode(step, (cache, enc), batch, [Row(cap) for cap in caps],
+                                lambda rows: self._logits(last if rows is None else last[rows]), stop,
+                                logit_filter=SuppressTokens(suppress, suppress_begin), with_logprobs=True,
+                                select_rows=select)
+        return [_Decoded(d.tokens, "eot" if d.stop == "eos" else d.stop, float(no_speech[r]),
+                         d.logprob_sum / max(1, len(d.tokens)), d.token_logprobs) for r, d in enumerate(decoded)]
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits (float32) of hidden states [B, d]: the costliest part of a decoder step."""
@@ -544,9 +501,7 @@ class WhisperBackend(Backend):
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         """[B, q, k] booleans → the [B, 1, q, k] additive mask the attention layers take as-is."""
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
-        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        return mask[:, None]
+        return additive_mask(allowed, self.dtype)
 
     def _is_silence(self, d: _Decoded) -> bool:
         return (d.no_speech_prob > self.decoding.no_speech_threshold
