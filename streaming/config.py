@@ -53,7 +53,7 @@ class EngineOptions:
     partial_batch_s: float = 0.5
     """Target duration of one partial batch: partial batches are sized from the measured cost per
     utterance so a final that arrives meanwhile waits at most about this long (finals go first)."""
-    partial_shed_s: float = 1.0
+    partial_shed_s: float = opt(1.0, low=0.05, high=60.0)
     """Overload threshold: while a final has waited this long (or the finals waiting would take this
     long), and for this long after, a partial runs only once it has waited this long (partials degrade
     first: about one per utterance per this long, each over all audio received; finals never wait for them)."""
