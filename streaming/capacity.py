@@ -19,7 +19,7 @@ model's *cost* instead:
 
 Nothing here reads a clock, a socket or a thread: the caller passes ``now_s``
 and the load figures in, so every rule is tested with tables and a fake clock
-(``tests/test_capacity.py``). The measuring itself is ``streaming/cost_probe.py``.
+(``tests/test_capacity.py``). The measuring and the live sampling are ``streaming/admission.py``.
 """
 
 from __future__ import annotations

@@ -104,6 +104,8 @@ class LogMel:
     Matches ``WhisperFeatureExtractor`` (zero-padding to 30 s, reflect-centred
     frames, dynamic range of 8 log10 units) but only transforms the audio that
     exists: frames past the end of the audio are pure silence and are filled in.
+    A shorter ``frames`` (a partial's window) gives the first frames of the same
+    30 s features, as long as the audio ends inside the window.
     """
 
     def __init__(self, feature_extractor: Any, device: torch.device) -> None:
@@ -116,9 +118,12 @@ class LogMel:
         self.mel = torch.from_numpy(filters).T.contiguous().to(device)
         self.window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float32, device=device)
 
-    def __call__(self, audios: list[np.ndarray]) -> torch.Tensor:
-        """Features [B, n_mels, frames] (float32) of each audio, truncated to 30 s."""
-        audios = [a[: self.max_samples] for a in audios]
+    def __call__(self, audios: list[np.ndarray], frames: int | None = None) -> torch.Tensor:
+        """Features [B, n_mels, frames] (float32) of each audio, truncated to ``frames`` (default 30 s)."""
+        frames = self.frames if frames is None else min(int(frames), self.frames)
+        if frames < 1:
+            raise ValueError(f"a feature window has at least one frame, got {frames}")
+        audios = [a[: min(self.max_samples, frames * self.hop)] for a in audios]
         longest = max(a.size for a in audios)
         half = self.n_fft // 2
         # Enough zeros after the audio that every frame touching it is computed
@@ -136,13 +141,29 @@ class LogMel:
             computed = (length - half) // self.hop + 1  # frames whose window ends inside `length`
         else:
             computed = self.frames  # a full 30 s: the same reflect padding as the extractor
+        computed = min(computed, frames)
         mel = torch.matmul(self.mel, power[:, :, :computed])
         log_spec = torch.clamp(mel, min=1e-10).log10()
-        feats = torch.full((len(audios), self.mel.shape[0], self.frames), -10.0, device=self.device)
+        feats = torch.full((len(audios), self.mel.shape[0], frames), -10.0, device=self.device)
         feats[:, :, :computed] = log_spec
         peak = feats.amax(dim=(1, 2), keepdim=True)
         feats = torch.maximum(feats, peak - 8.0)
         return (feats + 4.0) / 4.0
+
+
+def partial_window_s(duration_s: float, window_step_s: float, pad_s: float, max_s: float = 30.0) -> float:
+    """Seconds of features a partial encodes: its audio and ``pad_s`` of silence, rounded up to ``window_step_s``.
+
+    The encoder's cost grows with its input, and Whisper is trained on 30 s of
+    which speech is followed by silence, so a partial takes a shorter window
+    that still ends in silence. ``window_step_s`` 0 is the full ``max_s``.
+    """
+    if window_step_s < 0 or pad_s < 0 or duration_s < 0:
+        raise ValueError(f"a window needs non-negative sizes, got {duration_s=} {window_step_s=} {pad_s=}")
+    if window_step_s == 0:
+        return max_s
+    steps = math.ceil((duration_s + pad_s) / window_step_s - 1e-9)  # 4 s + 1 s is one 5 s step, not two
+    return min(max_s, window_step_s * max(1, steps))
 
 
 LOOP_GUARD = RepetitionGuard(min_repeats=3, min_repeated_tokens=12, max_ngram=12, keep_one_copy=True)
@@ -196,6 +217,8 @@ class WhisperBackend(Backend):
         # projection (80 MB for tiny.en, 106 MB for base).
         self._proj_t = self.proj_weight.detach().T.contiguous() if self.device.type == "cpu" else None
         self.log_mel = LogMel(assets.feature_extractor, self.device)
+        self._encoder_stride = int(self.encoder.conv1.stride[0] * self.encoder.conv2.stride[0])
+        """Mel frames per encoder position (2): windows are whole multiples of it."""
 
         self.sot_id = int(assets.sot_id)
         self.eot_id = int(assets.eot_id)
@@ -292,7 +315,8 @@ class WhisperBackend(Backend):
         if active:
             rows = [states[i] for i in active]
             with torch.inference_mode():
-                enc, enc_ms = self._encode(rows)
+                frames = self._partial_frames(rows)
+                enc, enc_ms = self._encode(rows, frames)
                 t0 = time.perf_counter()
                 self._detect_language(rows, enc, lock=True)
                 prompts = [self._prompt(st) + st.stable_tokens for st in rows]
@@ -408,17 +432,53 @@ class WhisperBackend(Backend):
         prompt.append(self.no_timestamps_id)
         return prompt
 
-    def _encode(self, states: list[WhisperUtteranceState]) -> tuple[torch.Tensor, float]:
-        """Encoder outputs [B, 1500, d] for ``states``, reusing the ones whose audio has not grown."""
+    def _encode(self, states: list[WhisperUtteranceState], frames: int | None = None) -> tuple[torch.Tensor, float]:
+        """Encoder outputs [B, frames/2, d] for ``states`` (default 30 s: [B, 1500, d]).
+
+        An encoding is reused when neither the audio nor the window changed (a
+        final right after a partial over the full window skips the encoder).
+        """
         t0 = time.perf_counter()
-        todo = [st for st in states if st.encoded is None or st.encoded[0] != st.num_samples]
+        frames = self.log_mel.frames if frames is None else frames
+        positions = frames // self._encoder_stride
+        todo = [st for st in states if st.encoded is None or st.encoded[0] != st.num_samples
+                or st.encoded[1].shape[0] != positions]
         if todo:
-            feats = self.log_mel([st.audio for st in todo]).to(self.dtype)
-            out = self.encoder(feats).last_hidden_state
+            feats = self.log_mel([st.audio for st in todo], frames).to(self.dtype)
+            out = self._run_encoder(feats)
             for st, row in zip(todo, out, strict=True):
                 st.encoded = (st.num_samples, row)
         enc = torch.stack([st.encoded[1] for st in states])  # type: ignore[index]
         return enc, (time.perf_counter() - t0) * 1000
+
+    def _run_encoder(self, feats: torch.Tensor) -> torch.Tensor:
+        """Encoder output [B, T/2, d] of features [B, n_mels, T]; T under 30 s takes the first T/2 positions.
+
+        The full window goes through transformers' own forward (finals as ever);
+        transformers refuses other lengths, so a short window runs the same
+        modules here: conv stem, the first positional embeddings, the layers.
+        """
+        if feats.shape[-1] == self.log_mel.frames:
+            return self.encoder(feats).last_hidden_state
+        encoder = self.encoder
+        hidden = torch.nn.functional.gelu(encoder.conv1(feats))
+        hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+        for layer in encoder.layers:
+            hidden = layer(hidden, None)
+        return encoder.layer_norm(hidden)
+
+    def _partial_frames(self, states: list[WhisperUtteranceState]) -> int:
+        """Mel frames a batch of partials encodes: the longest row's window, the full 30 s while a
+        language is undecided (the language a partial locks is the final's, so it is read as a final would)."""
+        full = self.log_mel.frames
+        if any(not st.language_locked for st in states):
+            return full
+        d = self.decoding
+        max_s = self.log_mel.max_samples / SAMPLE_RATE_HZ
+        window = partial_window_s(max(st.duration_s for st in states), d.partial_window_s, d.partial_pad_s, max_s)
+        frames = math.ceil(window * full / max_s / self._encoder_stride) * self._encoder_stride
+        return min(full, frames)
 
     def _detect_language(self, states: list[WhisperUtteranceState], enc: torch.Tensor, lock: bool) -> None:
         """Pick the language of undecided rows from the decoder's first step over language tokens."""
