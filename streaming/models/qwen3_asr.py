@@ -85,6 +85,15 @@ from streaming.models.base import (
     UtteranceOptions,
     UtteranceState,
 )
+from streaming.models.decoding import (
+    RaggedBatch,
+    RepetitionGuard,
+    Row,
+    StopCriteria,
+    TokenBudget,
+    additive_mask,
+    greedy_decode,
+)
 from streaming.models.timing import TIMING_ESTIMATED, estimated_words
 from streaming.stability import LocalAgreement
 
@@ -483,11 +492,11 @@ class Qwen3ASRBackend(Backend):
         return self.embed(torch.tensor(ids, dtype=torch.long, device=self.device))
 
     @torch.inference_mode()
-    def _prefill(self, rows: list[_DecodeRow]) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    def _prefill(self, rows: list[_DecodeRow]) -> tuple[torch.Tensor, Any, RaggedBatch]:
         """Prefill every row's tail over its cached head in one padded batch; commit the new head.
 
-        Returns the next-token logits ``(B, vocab)``, the batch cache, the key validity mask and the
-        position of each row's last input.
+        Returns the next-token logits ``(B, vocab)``, the batch cache and the ragged batch (which
+        cache columns are real, each row's next position).
         """
         from transformers import DynamicCache
 
@@ -507,19 +516,10 @@ class Qwen3ASRBackend(Backend):
                 cache.update(torch.cat(ks), torch.cat(vs), layer)
         hidden = self.embed.weight.shape[1]
         x = torch.zeros(b, tm, hidden, device=self.device, dtype=self.dtype)
-        valid = torch.zeros(b, hc + tm, dtype=torch.bool, device=self.device)
-        pos = torch.zeros(b, tm, dtype=torch.long, device=self.device)
-        for i, (r, h, t) in enumerate(zip(rows, heads, tails)):
+        for i, (r, t) in enumerate(zip(rows, tails)):
             x[i, tm - t:] = r.tail_embeds
-            valid[i, hc - h:hc] = True
-            valid[i, hc + tm - t:] = True
-            pos[i, tm - t:] = torch.arange(h, h + t, device=self.device)
-            pos[i, :tm - t] = h
-        q_idx = torch.arange(tm, device=self.device)[:, None] + hc
-        k_idx = torch.arange(hc + tm, device=self.device)[None, :]
-        allowed = (k_idx <= q_idx)[None] & valid[:, None, :]
-        allowed |= (k_idx == q_idx)[None]  # a pad query sees itself: no fully masked rows
-        logits = self._forward(x, allowed, pos, cache)
+        batch, prefill = RaggedBatch.prefill(heads, tails, pad_new="left", device=self.device)
+        logits = self._forward(x, prefill.allowed, prefill.positions, cache)
         # Keep what joins each row's cache: the old head plus the committed tail prefix
         # (uncached prompt head, audio of windows that finished). Everything after is recomputed next step.
         for i, (r, h, t) in enumerate(zip(rows, heads, tails)):
@@ -531,33 +531,22 @@ class Qwen3ASRBackend(Backend):
                     for lay in cache.layers
                 ]
             r.state.committed_windows = len(r.state.windows)
-        return logits, cache, valid, pos[:, -1].clone()
+        return logits, cache, batch
 
     @torch.inference_mode()
     def _decode(self, rows: list[_DecodeRow]) -> list[list[int]]:
         """Prefill, then greedy-decode all rows together until EOS, budget or a repetition loop."""
-        logits, cache, attn_valid, last = self._prefill(rows)
-        b = len(rows)
-        out: list[list[int]] = [[] for _ in rows]
-        done = [r.max_new <= 0 for r in rows]
-        while not all(done):
-            nxt = logits.argmax(-1)
-            for i, r in enumerate(rows):
-                if done[i]:
-                    continue
-                tok = int(nxt[i])
-                if tok in self.eos_ids:
-                    done[i] = True
-                    continue
-                out[i].append(tok)
-                if len(out[i]) >= r.max_new or (self.repetition_guard and _repeating(r.forced + out[i])):
-                    done[i] = True
-            if all(done):
-                break
-            last = last + 1
-            attn_valid = torch.cat([attn_valid, torch.ones(b, 1, dtype=torch.bool, device=self.device)], dim=1)
-            logits = self._forward(self.embed(nxt)[:, None], attn_valid[:, None, :], last[:, None], cache)
-        return out
+        logits, cache, batch = self._prefill(rows)
+        rules = (LOOP_GUARD, TokenBudget()) if self.repetition_guard else (TokenBudget(),)
+        decoded = greedy_decode(self.decode_step, cache, batch, [Row(r.max_new, r.forced) for r in rows],
+                                lambda sel: logits if sel is None else logits[sel],
+                                StopCriteria(frozenset(self.eos_ids), rules), select_rows=_keep_rows)
+        return [d.tokens for d in decoded]
+
+    def decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor,
+                    cache: Any) -> tuple[torch.Tensor, Any]:
+        """One decoder step of the batch: next-token logits and the cache (:data:`~.decoding.DecodeStep`)."""
+        return self._forward(self.embed(input_ids), allowed, positions, cache), cache
 
     def _rows(self, states: list[Qwen3ASRState], final: bool) -> list[_DecodeRow]:
         """Encode what changed and build each utterance's decoder tail."""
@@ -584,9 +573,7 @@ class Qwen3ASRBackend(Backend):
         return tc.num_key_value_heads, head_dim
 
     def _forward(self, x: torch.Tensor, allowed: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
-        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        out = self.decoder(inputs_embeds=x, attention_mask=mask[:, None], position_ids=pos,
+        out = self.decoder(inputs_embeds=x, attention_mask=additive_mask(allowed, self.dtype), position_ids=pos,
                            cache=cache, use_cache=True)
         return self.lm_head(out.last_hidden_state[:, -1]).float()
 
@@ -704,16 +691,15 @@ def _is_cjk(c: str) -> bool:
         or "KATAKANA" in unicodedata.name(c, "") or "HANGUL" in unicodedata.name(c, "")
 
 
-def _repeating(toks: list[int], max_ngram: int = 8, min_repeated_tokens: int = 16) -> bool:
-    """True when the output ends in an n-gram repeated back to back (a decoding loop)."""
-    for n in range(1, max_ngram + 1):
-        reps = max(4, -(-min_repeated_tokens // n))
-        if len(toks) < n * reps:
-            continue
-        gram = toks[-n:]
-        if all(toks[-(k + 1) * n:len(toks) - k * n] == gram for k in range(1, reps)):
-            return True
-    return False
+LOOP_GUARD = RepetitionGuard(min_repeats=4, min_repeated_tokens=16, max_ngram=8, keep_one_copy=False)
+"""Qwen3-ASR's decoder-loop rule: an n-gram (n <= 8) repeated back to back, at least 4 times and 16 tokens;
+the row stops with the repeats kept. The guard sees the forced stable prefix too."""
+
+
+def _keep_rows(cache: Any, rows: torch.Tensor) -> Any:
+    """Finished rows leave the batch cache (measured: the live rows' tokens stay bit-identical)."""
+    cache.reorder_cache(rows)
+    return cache
 
 
 def _left_pad(t: torch.Tensor | None, length: int, kv_shape: tuple[int, int], device: torch.device,
