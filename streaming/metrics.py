@@ -83,8 +83,10 @@ class ServerMetrics:
         self.sessions_active = Gauge("asr_sessions_active", "Sessions open now.", registry=r)
         self.sessions = Counter("asr_sessions", "Sessions closed, by outcome.", ["outcome"], registry=r)
         self.refused = Counter("asr_sessions_refused", "Sessions refused, by reason (unauthorized, "
-                               "forbidden_origin, key_limit, too_many_sessions, shutting_down…).", ["reason"],
-                               registry=r)
+                               "forbidden_origin, key_limit, too_many_sessions, overloaded, shutting_down…).",
+                               ["reason"], registry=r)
+        self.capacity = Gauge("asr_capacity_streams", "Streams the server admits at its latency target "
+                              "(configured, or measured from the model's cost; /v1/info says which).", registry=r)
         self.session_seconds = Histogram("asr_session_duration_seconds", "Wall-clock length of closed sessions.",
                                          buckets=SESSION_SECONDS_BUCKETS, registry=r)
         self.utterances = Counter("asr_utterances", "Utterances of closed sessions.", registry=r)
@@ -119,6 +121,10 @@ class ServerMetrics:
         self.sessions.labels(outcome).inc()
         self.session_seconds.observe(max(0.0, duration_s))
         self.utterances.inc(max(0, utterances))
+
+    def set_capacity(self, streams: int) -> None:
+        """The admission capacity was set or re-estimated."""
+        self.capacity.set(streams)
 
     def session_refused(self, reason: str) -> None:
         self.refused.labels(reason).inc()

@@ -28,6 +28,7 @@ from websockets.protocol import State
 from websockets.http11 import Request, Response
 
 from . import auth, http
+from .admission import AdmissionControl
 from .config import Config, session_field_info
 from .engine import Engine, EngineClosed
 from .evaluation import REPO_ROOT
@@ -77,6 +78,8 @@ class StreamingServer:
         self.metrics = ServerMetrics(lambda: self.engine.pending, lambda: self.engine.stats.busy_s,
                                      model=backend.name)
         self.engine.on_batch = self.metrics.batch
+        self.admission = AdmissionControl(self.engine, config, on_capacity=self.metrics.set_capacity)
+        """Admission by capacity (``overloaded``): measured at :meth:`start` unless configured."""
         self.loop_lag = LoopLagMonitor(observe=self.metrics.event_loop_lag)
         limits = FileJobLimits(opts.max_upload_bytes, opts.max_file_audio_s, opts.max_file_jobs, opts.upload_timeout_s)
         self.transcriptions = TranscriptionService(self.engine, config, metrics=self.metrics, limits=limits)
@@ -94,6 +97,7 @@ class StreamingServer:
         if opts.certfile:
             ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_context.load_cert_chain(opts.certfile, opts.keyfile or None)
+        await self.admission.start(self.backend)  # before the engine runs: the probe has the model alone
         self.engine.start()
         self._server = await serve(
             self._handle, opts.host, opts.port, process_request=self._process_request,
@@ -141,6 +145,7 @@ class StreamingServer:
 
     async def stop(self) -> None:
         self.loop_lag.stop()
+        self.admission.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -168,6 +173,7 @@ class StreamingServer:
                 "connections_waiting_to_start": len(self.pending),
                 "engine": {"pending": self.engine.pending, "batches": self.engine.stats.batches,
                            "busy_s": round(self.engine.stats.busy_s, 2)},
+                "capacity": self.admission.describe(len(self.sessions)),
                 "event_loop_lag_max_s": round(self.loop_lag.max_lag_s, 4),
                 "uptime_s": round(time.time() - self.started_at, 1), "draining": self.draining,
             })
@@ -176,7 +182,16 @@ class StreamingServer:
     @property
     def ready(self) -> bool:
         """Whether a new session would be accepted now (``/readyz``)."""
-        return not self.draining and len(self.sessions) < self.config.server.max_sessions
+        return not self.readiness()
+
+    def readiness(self) -> str:
+        """Why a new session would be refused now ("" = it would be accepted): ``/readyz``'s body."""
+        if self.draining:
+            return "draining"
+        if len(self.sessions) >= self.config.server.max_sessions:
+            return f"full: {len(self.sessions)} of max_sessions {self.config.server.max_sessions} open"
+        refusal = self.admission.refusal(len(self.sessions))
+        return "" if refusal is None else f"full: {refusal.message}"
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Answer plain HTTP, or vet a WebSocket handshake (origin, key, per-key limit): None = accept."""
@@ -215,9 +230,8 @@ class StreamingServer:
         if endpoint == "healthz":
             return self._reply(decision, http.text_reply(200, "ok"))
         if endpoint == "readyz":
-            ready = self.ready
-            return self._reply(decision, http.text_reply(200 if ready else 503, "ready" if ready else
-                                                         "draining" if self.draining else "full"))
+            why = self.readiness()
+            return self._reply(decision, http.text_reply(503 if why else 200, why or "ready"))
         if endpoint == "info":
             body = json.dumps(self.info(include_load=authorized or opts.info_public)).encode()
             return self._reply(decision, http.Reply(200, body, "application/json"))
@@ -287,6 +301,7 @@ class StreamingServer:
             conn.release()
             if started:
                 conn.log_closed()
+                self.admission.session_closed(time.monotonic() - conn.opened_at)
 
     def _admission_error(self, conn: _Connection) -> ProtocolError | None:
         if self.draining:
@@ -295,7 +310,11 @@ class StreamingServer:
         if len(self.sessions) >= limit:
             log.warning("session %s refused: too_many_sessions (%d open)", conn.session_id, len(self.sessions))
             return ProtocolError("too_many_sessions", f"the server holds its maximum of {limit} sessions; retry later")
-        return None
+        refusal = self.admission.refusal(len(self.sessions))
+        if refusal is not None:
+            log.warning("session %s refused: overloaded (%d open): %s", conn.session_id, len(self.sessions),
+                        refusal.message)
+        return refusal
 
     def _admit(self, conn: _Connection) -> ProtocolError | None:
         """Called by a session at its ``start``: take it from the waiting connections into the sessions."""

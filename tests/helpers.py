@@ -29,7 +29,11 @@ def embedded_backend(name: str = "tiny.en") -> Backend:
 def make_config(config: Config | None = None, **overrides) -> Config:
     """A loopback config on a free port; ``overrides`` set fields of any section by name."""
     config = dataclasses.replace(config) if config else Config()
-    config.server = dataclasses.replace(config.server, host="127.0.0.1", port=0)
+    # Test servers admit by count (max_sessions) unless a test asks for admission by capacity
+    # (tests/test_admission.py): what this shared machine can hold is no other test's business.
+    server = config.server
+    config.server = dataclasses.replace(server, host="127.0.0.1", port=0, load_admission=False,
+                                        capacity_streams=server.capacity_streams or server.max_sessions)
     for key, value in overrides.items():
         for section in ("session", "vad", "server", "engine", "model"):
             obj = getattr(config, section)
