@@ -37,6 +37,9 @@ class WhisperDecodingOptions:
     (0 = the full 30 s); finals always take the full 30 s, so their text does not change."""
     partial_pad_s: float = opt(1.0, low=0.0, high=30.0)
     """Silence after the audio in a partial's window, at least (Whisper expects speech to end in silence)."""
+    quantize: str = opt("none", choices=("none", "partials", "encoder", "all"))
+    """int8 linear layers on CPU: ``partials`` an int8 copy of the encoder for short-window partials (finals
+    unchanged), ``encoder`` the encoder of every pass, ``all`` the encoder and the decoder."""
     prompt_previous_text: bool = False
     """Whether the previous utterance's final text follows the context in the prompt. Off: on dev-full
     English it moved tiny.en's WER only from 6.85 % to 6.78 % (one word) while carrying mistakes

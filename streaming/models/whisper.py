@@ -14,10 +14,12 @@ encoder run whatever the utterance length: this is why ``max_utterance_s`` is
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,6 +153,30 @@ class LogMel:
         return (feats + 4.0) / 4.0
 
 
+def quantize_linear_int8(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose linear layers are int8 (dynamic quantization: activations scaled per call)."""
+    with warnings.catch_warnings():  # torch.ao's eager quantization is deprecated in favour of torchao, not gone
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def encode_window(encoder: torch.nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """A Whisper encoder's output [B, T/2, d] for features of any length T up to 30 s ([B, n_mels, T]).
+
+    transformers' forward refuses anything but 3000 frames, so this runs the same
+    modules itself: conv stem, the first T/2 positional embeddings, the layers.
+    """
+    hidden = torch.nn.functional.gelu(encoder.conv1(feats))
+    hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    if hidden.shape[1] > encoder.embed_positions.num_embeddings:
+        raise ValueError(f"{feats.shape[-1]} frames is longer than the encoder's window")
+    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+    for layer in encoder.layers:
+        hidden = layer(hidden, None)
+    return encoder.layer_norm(hidden)
+
+
 def partial_window_s(duration_s: float, window_step_s: float, pad_s: float, max_s: float = 30.0) -> float:
     """Seconds of features a partial encodes: its audio and ``pad_s`` of silence, rounded up to ``window_step_s``.
 
@@ -208,9 +234,19 @@ class WhisperBackend(Backend):
         self.name = assets.name if assets.name.startswith("whisper") else f"whisper-{assets.name}"
         self.multilingual = bool(assets.multilingual)
         self.tokenizer = assets.tokenizer
+        quantize = self.decoding.quantize
+        if quantize != "none" and (self.device.type != "cpu" or dtype != torch.float32):
+            raise ValueError(f"quantize={quantize!r} is int8 for float32 on CPU; got {dtype} on {self.device}")
         self.model = assets.model.to(device=self.device, dtype=dtype).eval()
+        if quantize in ("encoder", "all"):
+            self.model = copy.deepcopy(self.model)  # the assets' model stays float32 for other backends
+            self.model.model.encoder = quantize_linear_int8(self.model.model.encoder)
+            if quantize == "all":
+                self.model.model.decoder = quantize_linear_int8(self.model.model.decoder)
         self.encoder = self.model.get_encoder()
         self.decoder = self.model.get_decoder()
+        self._partial_encoder = quantize_linear_int8(self.encoder) if quantize == "partials" else self.encoder
+        """The encoder of short-window partials (an int8 copy with ``quantize="partials"``)."""
         self.proj_weight = self.model.get_output_embeddings().weight  # [V, d]
         # On CPU a vector times a contiguous [d, V] matrix is ~3x faster than
         # F.linear's path for one row (measured with MKL); costs one copy of the
@@ -452,21 +488,11 @@ class WhisperBackend(Backend):
         return enc, (time.perf_counter() - t0) * 1000
 
     def _run_encoder(self, feats: torch.Tensor) -> torch.Tensor:
-        """Encoder output [B, T/2, d] of features [B, n_mels, T]; T under 30 s takes the first T/2 positions.
-
-        The full window goes through transformers' own forward (finals as ever);
-        transformers refuses other lengths, so a short window runs the same
-        modules here: conv stem, the first positional embeddings, the layers.
-        """
+        """Encoder output [B, T/2, d] of features [B, n_mels, T]: the full window through transformers'
+        own forward (finals as ever), a short one (partials) through :func:`encode_window`."""
         if feats.shape[-1] == self.log_mel.frames:
             return self.encoder(feats).last_hidden_state
-        encoder = self.encoder
-        hidden = torch.nn.functional.gelu(encoder.conv1(feats))
-        hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
-        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
-        for layer in encoder.layers:
-            hidden = layer(hidden, None)
-        return encoder.layer_norm(hidden)
+        return encode_window(self._partial_encoder, feats)
 
     def _partial_frames(self, states: list[WhisperUtteranceState]) -> int:
         """Mel frames a batch of partials encodes: the longest row's window, the full 30 s while a
