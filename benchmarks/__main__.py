@@ -1,4 +1,4 @@
-"""``python -m benchmarks bench|qwen3 ...``: the benchmarks' command line."""
+"""``python -m benchmarks bench|ramp|qwen3 ...``: the benchmarks' command line."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def _standalone() -> dict[str, tuple[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Subcommands over the configured model (bench) plus the standalone ones, listed for --help."""
+    """Subcommands over the configured model (bench, ramp) plus the standalone ones, listed for --help."""
     from .bench import add_bench_arguments
+    from .ramp import RAMP_DESCRIPTION, RAMP_EPILOG, add_ramp_arguments
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description="Benchmarks of the streaming server (run from the repo root).")
@@ -35,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "real-time pace over N concurrent sessions, prints JSON and saves a plot.")
     add_bench_arguments(bench)
     _add_model_args(bench)
+    ramp = sub.add_parser("ramp", help="add long real-time streams one step at a time until latency crosses a "
+                                       "target or streams are refused", description=RAMP_DESCRIPTION,
+                          epilog=RAMP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_ramp_arguments(ramp)
+    _add_model_args(ramp)
     for name, (_, help_text) in _standalone().items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -52,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "ramp":
+        from .ramp import run_ramp
+
+        return run_ramp(args, config)
     from .bench import run_bench
 
     return run_bench(args, config)

@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from streaming.config import Config
 from streaming.evaluation import Clip, eval_dir, load_manifest, wer
 from streaming.loading import load_configured_backend
@@ -28,6 +26,7 @@ from streaming.server import BackgroundServer
 
 from .loadgen import StreamResult, stream_audio, with_silence
 from .plotting import plot_reports
+from .report import latency_summary, percentile
 
 log = logging.getLogger("benchmarks.bench")
 
@@ -46,10 +45,6 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trailing-silence-s", type=float, default=1.5)
     p.add_argument("--url", default=None, help="benchmark a running server instead of starting one")
     p.add_argument("--out", default="bench-results", help="folder for the JSON and the plot")
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 3) if values else None
 
 
 def run_bench(args: argparse.Namespace, config: Config) -> int:
@@ -121,8 +116,7 @@ def _run_one(n: int, clips: list[Clip], args, config: Config, backend) -> dict[s
         "model": model, "streams": n, "clips": len(clips), "audio_s": round(audio_s, 1),
         "wall_s": round(wall, 1),
         "wer_en": round(wer([c.text for c in en], [results[c.id].text for c in en]), 4) if en else None,
-        "first_partial_latency_s": {"p50": percentile(first, 50), "p95": percentile(first, 95), "n": len(first)},
-        "final_latency_s": {"p50": percentile(final, 50), "p95": percentile(final, 95), "n": len(final)},
+        "first_partial_latency_s": latency_summary(first), "final_latency_s": latency_summary(final),
         "rtf": round(busy / audio_s, 3) if busy is not None and audio_s else None,
         "cpu_percent": cpu, "rss_peak_mb": round(rss_peak[0] / 2**20), "speed": args.speed,
         "errors": sum(len(r.errors) for r in results.values()),

@@ -16,7 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from client import ClientEvent, Ready, StreamingClient
+from client import ClientEvent, Disconnected, Ready, StreamingClient
+
+
+@dataclass
+class UtteranceTiming:
+    """One utterance as the client saw it: when its first partial and its final arrived, and their latency."""
+
+    utterance_id: int
+    speech_start_s: float
+    """Stream seconds at which speech began (the first partial's ``start_s`` plus the VAD pre-roll)."""
+    first_partial_latency_s: float
+    speech_end_s: float | None = None
+    """Stream seconds at which the final says speech ended (its ``end_s``); None until the final."""
+    final_latency_s: float | None = None
+    text: str = ""
 
 
 @dataclass
@@ -27,6 +41,12 @@ class StreamResult:
     final_latency_s: list[float] = field(default_factory=list)
     close_code: int | None = None
     audio_s: float = 0.0
+    started_at_s: float | None = None
+    """``time.perf_counter()`` when the first audio was sent (None until then): the events' time origin."""
+    utterances: dict[int, UtteranceTiming] = field(default_factory=dict)
+    """Utterances with a partial or a final so far, by ``utterance_id`` (filled while the stream runs)."""
+    disconnect_reason: str | None = None
+    """How the connection ended when it did not end normally (the client's words, close code and reason)."""
 
     @property
     def finals(self) -> list[dict[str, Any]]:
@@ -46,14 +66,18 @@ class StreamResult:
 
 async def stream_audio(url: str, audio: np.ndarray, sample_rate: int = 16_000, *, chunk_s: float = 0.1,
                        speed: float = 1.0, use_msgpack: bool = False, start_fields: dict[str, Any] | None = None,
-                       preroll_s: float = 0.15, timeout_s: float = 120.0) -> StreamResult:
+                       preroll_s: float = 0.15, timeout_s: float = 120.0,
+                       result: StreamResult | None = None) -> StreamResult:
     """Stream mono float32 ``audio`` (at ``sample_rate``) as pcm_s16le, then ``stop``; collect events.
 
     ``speed`` 1.0 is real time, 0 as fast as possible (each frame waits for the server to take the
     last: TCP backpressure). ``preroll_s`` must match the server's VAD pre-roll: speech is taken to
-    start that long after ``start_s``. A refused handshake raises (``InvalidStatus``).
+    start that long after ``start_s``. ``timeout_s`` bounds the whole stream. A refused handshake
+    raises (``InvalidStatus``). A caller that watches the stream while it runs passes its own empty
+    ``result``, which is filled as events arrive (and returned).
     """
-    result = StreamResult(audio_s=audio.size / sample_rate)
+    result = result if result is not None else StreamResult()
+    result.audio_s = audio.size / sample_rate
     chunk = max(1, int(chunk_s * sample_rate))
     t0 = 0.0
     # A long pong timeout: pushed faster than real time, the server may leave this socket unread a while.
@@ -67,7 +91,7 @@ async def stream_audio(url: str, audio: np.ndarray, sample_rate: int = 16_000, *
 
     async def send() -> None:
         nonlocal t0
-        t0 = time.perf_counter()
+        t0 = result.started_at_s = time.perf_counter()
         for i in range(0, audio.size, chunk):
             await client.send(audio[i:i + chunk])
             if speed > 0:
@@ -77,7 +101,6 @@ async def stream_audio(url: str, audio: np.ndarray, sample_rate: int = 16_000, *
         await client.stop()
 
     sender: asyncio.Task[None] | None = None
-    first_partial: dict[int, float] = {}
     async with client:
         try:
             async with asyncio.timeout(timeout_s):
@@ -85,18 +108,26 @@ async def stream_audio(url: str, audio: np.ndarray, sample_rate: int = 16_000, *
                     if isinstance(typed, Ready):
                         sender = asyncio.create_task(send())
                         continue
-                    if isinstance(typed, ClientEvent):
-                        continue  # the connection's end: close_code says how
+                    if isinstance(typed, ClientEvent):  # the connection's end: close_code says how
+                        if isinstance(typed, Disconnected):
+                            result.disconnect_reason = typed.reason
+                        continue
                     now = time.perf_counter() - t0 if sender else 0.0
                     event = typed.to_message()
                     result.events.append((now, event))
                     uid = event.get("utterance_id")
-                    if event["type"] == "partial" and uid not in first_partial:
-                        first_partial[uid] = now
+                    if event["type"] == "partial" and uid not in result.utterances:
                         speech_s = min(event["start_s"] + preroll_s, event["end_s"])
                         result.first_partial_latency_s.append(now - wall_of(speech_s))
+                        result.utterances[uid] = UtteranceTiming(uid, speech_s, now - wall_of(speech_s))
                     elif event["type"] == "final" and event["text"]:
                         result.final_latency_s.append(now - wall_of(event["end_s"]))
+                        if uid not in result.utterances:  # no partial before it: the final is the first text
+                            speech_s = min(event["start_s"] + preroll_s, event["end_s"])
+                            result.utterances[uid] = UtteranceTiming(uid, speech_s, now - wall_of(speech_s))
+                        timing = result.utterances[uid]
+                        timing.speech_end_s, timing.final_latency_s = event["end_s"], now - wall_of(event["end_s"])
+                        timing.text = event["text"]
         finally:
             if sender is not None:
                 sender.cancel()

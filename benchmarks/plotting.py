@@ -71,3 +71,56 @@ def plot_qwen3(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_ramp(report: dict[str, Any], path: Path) -> None:
+    """Ramp benchmark: latency p50/p95 (final, first partial) vs streams, the target, refusals; load beside."""
+    plt = _pyplot()
+    levels = report["levels"]
+    x = [level["streams_offered"] for level in levels]
+    fig, (lat, load) = plt.subplots(1, 2, figsize=(14, 5))
+    series = (("final_latency_s", "final", "tab:blue"), ("first_partial_latency_s", "first partial", "tab:orange"))
+    for key, label, color in series:
+        for q, style in (("p95", "o-"), ("p50", "s--")):
+            values = [np.nan if level[key][q] is None else level[key][q] for level in levels]
+            lat.plot(x, values, style, color=color, label=f"{label} {q}")
+    lat.axhline(report["target_s"], color="k", lw=1, ls=":", label=f"target {report['target_s']} s")
+    refused = [(level["streams_offered"], level["refused"]) for level in levels if level["refused"]]
+    if refused:
+        top = report["target_s"] * 1.05
+        lat.scatter([r[0] for r in refused], [top] * len(refused), marker="x", s=80, color="tab:red",
+                    label="refused", zorder=3)
+        for n, count in refused:
+            lat.annotate(f"{count} refused", (n, top), textcoords="offset points", xytext=(4, 6), color="tab:red")
+    held = report["streams_held_at_target"]
+    if held:
+        lat.axvline(held, color="tab:green", lw=1, label=f"held at target: {held}")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (lat, load):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lat.set_xlabel("concurrent streams (offered)")
+    lat.set_ylabel("latency (s)")
+    lat.set_title(f"{report['model']}: latency vs streams ({report['url']})")
+    lat.grid(alpha=0.3)
+    lat.legend(fontsize=8)
+    for key, label, color in (("cpu_process_percent", "CPU, this process (% of a core)", "tab:purple"),
+                              ("cpu_machine_percent", "CPU, machine (% of all cores)", "tab:gray")):
+        load.plot(x, [np.nan if level[key] is None else level[key] for level in levels], "o-", color=color,
+                  label=label)
+    load.set_xlabel("concurrent streams (offered)")
+    load.set_ylabel("CPU %")
+    load.grid(alpha=0.3)
+    engine = load.twinx()
+    engine.plot(x, [np.nan if level["engine_busy_fraction"] is None else level["engine_busy_fraction"]
+                    for level in levels], "^-", color="tab:red", label="engine busy fraction")
+    engine.set_ylabel("engine busy fraction", color="tab:red")
+    engine.set_ylim(0, 1.1)
+    handles = load.get_legend_handles_labels()
+    extra = engine.get_legend_handles_labels()
+    load.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=8, loc="upper left")
+    wer_text = "-" if report["wer"] is None else f"{100 * report['wer']:.1f} %"
+    load.set_title(f"load (WER of admitted streams {wer_text})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
