@@ -4,8 +4,8 @@ A 0.6B decode step is ~30 layers x ~15 small kernels: at batch 1 launching
 them costs more than running them, so the step is captured once per bucket
 with ``torch.cuda.CUDAGraph`` (manual capture after a warm-up on a side
 stream) and replayed with its inputs copied into static buffers. All graphs
-share one memory pool: they are replayed one at a time and their only outputs
-(the next ids) are copied out at once. The capture writes only the scratch
+share one memory pool: they are replayed one at a time and their only output
+(the logits) is read before the next replay. The capture writes only the scratch
 column (every row idle), so it never touches a live slot.
 """
 
@@ -27,7 +27,7 @@ class _Graph:
     graph: torch.cuda.CUDAGraph
     tokens: torch.Tensor
     write_pos: torch.Tensor
-    next_ids: torch.Tensor
+    logits: torch.Tensor
 
 
 class CudaGraphDecoder:
@@ -70,8 +70,8 @@ class CudaGraphDecoder:
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            next_ids = self.decoder.step(tokens, write_pos, key_len)
-        g = self._graphs[(batch, key_len)] = _Graph(graph, tokens, write_pos, next_ids)
+            logits = self.decoder.step(tokens, write_pos, key_len)
+        g = self._graphs[(batch, key_len)] = _Graph(graph, tokens, write_pos, logits)
         self.capture_s += time.perf_counter() - t0
         log.debug("captured decode step batch=%d key_len=%d in %.0f ms", batch, key_len,
                   1000 * (time.perf_counter() - t0))
@@ -83,4 +83,4 @@ class CudaGraphDecoder:
         g.tokens.copy_(tokens, non_blocking=True)
         g.write_pos.copy_(write_pos, non_blocking=True)
         g.graph.replay()
-        return g.next_ids.cpu()  # the one sync per token: the host decides who stops
+        return g.logits  # the graph's static output: the caller gathers its rows before the next replay

@@ -37,6 +37,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from streaming.models.decoding import Decoded, RaggedBatch, Row, StopCriteria, greedy_decode
+
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 """Padded batch sizes of the decode step (one CUDA graph each, per length bucket)."""
 
@@ -241,11 +243,11 @@ class StaticDecoder:
 
     # decode step -------------------------------------------------------------------------------------
     def step(self, tokens: torch.Tensor, write_pos: torch.Tensor, key_len: int) -> torch.Tensor:
-        """One greedy token for slot rows ``[0, B)``: the fixed-shape body a CUDA graph captures.
+        """One decoder step for slot rows ``[0, B)``: the fixed-shape body a CUDA graph captures.
 
         ``tokens (B,)`` are the rows' last tokens, ``write_pos (B,)`` their positions (the scratch column
         for rows not decoding); keys ``[0, key_len)`` are read, masked to ``<= write_pos``. Returns the
-        argmax ids ``(B,)``. No host sync, no shape that depends on values.
+        next-token logits ``(B, vocab)`` float. No host sync, no shape that depends on values.
         """
         pool = self.pool
         b = tokens.shape[0]
@@ -259,7 +261,7 @@ class StaticDecoder:
             kc.scatter_(2, idx, k)
             vc.scatter_(2, idx, v)
             x = self._block(layer, x, self._attend(q, kc[:, :, :key_len], vc[:, :, :key_len], allowed))
-        return self.lm_head(self.decoder.norm(x[:, 0])).float().argmax(-1)
+        return self.lm_head(self.decoder.norm(x[:, 0])).float()
 
     def shape_for(self, rows_end: int, pos_end: int) -> tuple[int, int]:
         """The (batch, key length) bucket of a step over slot rows ``[0, rows_end)`` up to ``pos_end``."""
@@ -267,7 +269,9 @@ class StaticDecoder:
 
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-"""``(tokens (B,), write_pos (B,), key_len) -> next ids (B,)`` on the host: eager or a graph replay."""
+"""``(tokens (B,), write_pos (B,), key_len) -> logits (B, vocab)`` on the device: eager or a graph replay.
+
+Inputs are host tensors; a graph's logits are its static output, valid until the next replay."""
 
 
 def eager_step(decoder: StaticDecoder) -> StepFn:
@@ -276,49 +280,16 @@ def eager_step(decoder: StaticDecoder) -> StepFn:
     @torch.inference_mode()
     def run(tokens: torch.Tensor, write_pos: torch.Tensor, key_len: int) -> torch.Tensor:
         dev = decoder.device
-        return decoder.step(tokens.to(dev), write_pos.to(dev), key_len).cpu()
+        return decoder.step(tokens.to(dev), write_pos.to(dev), key_len)
 
     return run
 
 
-def greedy_decode(decoder: StaticDecoder, rows: Sequence[SlotRow], eos_ids: set[int],
-                  stop: Callable[[int, list[int]], bool], step_fn: StepFn | None = None) -> list[list[int]]:
-    """Prefill every row, then decode greedily until EOS, its budget, or ``stop(row, tokens)`` says so.
+@dataclass
+class SlotBatch:
+    """The ``past`` the shared greedy loop carries on the static path: which slot each batch row owns."""
 
-    Each iteration runs one bucketed step over slot rows ``[0, B)``; rows that are done (or hold no
-    utterance of this call) write to the scratch column. Per-row rules stay on the host, as in the
-    dynamic path, so both give the same tokens.
-    """
-    if not rows:
-        return []
-    step_fn = step_fn or eager_step(decoder)
-    pool = decoder.pool
-    nxt = decoder.prefill(rows).argmax(-1).tolist()
-    out: list[list[int]] = [[] for _ in rows]
-    pos = [r.start + r.tail_embeds.shape[0] for r in rows]  # where each row's next token goes
-    budget = [min(r.max_new, pool.max_len - p + 1) for r, p in zip(rows, pos)]
-    done = [b <= 0 for b in budget]
-    while True:
-        for i, tok in enumerate(nxt):
-            if done[i]:
-                continue
-            if tok in eos_ids:
-                done[i] = True
-                continue
-            out[i].append(tok)
-            if len(out[i]) >= budget[i] or stop(i, out[i]):
-                done[i] = True
-        live = [i for i in range(len(rows)) if not done[i]]
-        if not live:
-            return out
-        b, key_len = decoder.shape_for(max(rows[i].slot for i in live) + 1, max(pos[i] for i in live) + 1)
-        tokens = torch.zeros(b, dtype=torch.long)
-        write = torch.full((b,), pool.scratch, dtype=torch.long)
-        for i in live:
-            tokens[rows[i].slot], write[rows[i].slot] = out[i][-1], pos[i]
-            pos[i] += 1
-        ids = step_fn(tokens, write, key_len).tolist()
-        nxt = [ids[r.slot] if r.slot < b else -1 for r in rows]
+    slots: list[int]
 
 
 def slot_len_for(max_utterance_s: float, max_tokens_per_audio_s: float, audio_tokens_per_s: int = 13,
@@ -350,9 +321,43 @@ class SlotDecoding:
             self.graphs = CudaGraphDecoder(self.decoder)
         self.step_fn: StepFn = self.graphs or eager_step(self.decoder)
 
-    def decode(self, rows: Sequence[SlotRow], eos_ids: set[int], stop: Callable[[int, list[int]], bool]
-               ) -> list[list[int]]:
-        return greedy_decode(self.decoder, rows, eos_ids, stop, self.step_fn)
+    def decode(self, rows: Sequence[SlotRow], stop: StopCriteria,
+               guard_prefixes: Sequence[Sequence[int]] | None = None) -> list[Decoded]:
+        """Prefill every row into its slot, then the shared greedy loop (:mod:`streaming.models.decoding`).
+
+        A row's budget is cut to the room left in its slot; finished rows leave the batch, so a step
+        covers slot rows up to the highest live one.
+        """
+        if not rows:
+            return []
+        logits = self.decoder.prefill(rows)
+        ends = [r.start + r.tail_embeds.shape[0] for r in rows]
+        # The loop's RaggedBatch: only next_positions matter here (the slots hold the keys, the step
+        # builds its own length mask); it stays on the host, so building a step's inputs never syncs.
+        batch = RaggedBatch(torch.ones(len(rows), 1, dtype=torch.bool), torch.tensor(ends, dtype=torch.long))
+        prefixes = guard_prefixes or [()] * len(rows)
+        limits = [Row(min(r.max_new, self.pool.max_len - e + 1), tuple(p)) for r, e, p in zip(rows, ends, prefixes)]
+        return greedy_decode(self.step, SlotBatch([r.slot for r in rows]), batch, limits,
+                             lambda sel: logits if sel is None else logits[sel.to(logits.device)], stop,
+                             select_rows=self.select)
+
+    def step(self, input_ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, past: SlotBatch
+             ) -> tuple[torch.Tensor, SlotBatch]:
+        """The loop's :data:`~streaming.models.decoding.DecodeStep`: one bucketed step over the slot rows."""
+        del allowed  # the step masks by each slot row's own position
+        b, key_len = self.decoder.shape_for(max(past.slots) + 1, int(positions.max()) + 1)
+        tokens = torch.zeros(b, dtype=torch.long)
+        write = torch.full((b,), self.pool.scratch, dtype=torch.long)
+        rows = torch.tensor(past.slots, dtype=torch.long)
+        tokens[rows] = input_ids[:, 0].cpu()
+        write[rows] = positions[:, 0].cpu()
+        logits = self.step_fn(tokens, write, key_len)
+        return logits[rows.to(logits.device)], past
+
+    @staticmethod
+    def select(past: SlotBatch, rows: torch.Tensor) -> SlotBatch:
+        """The loop's ``select_rows``: finished rows leave the batch (their slots keep their KV)."""
+        return SlotBatch([past.slots[i] for i in rows.tolist()])
 
     def warmup(self) -> None:
         """Capture every graph up front, so no request pays for a capture."""
