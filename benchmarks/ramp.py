@@ -44,7 +44,8 @@ overloaded / too_many_sessions, or a 429/503 handshake: recorded as refused, not
 RTF (engine busy seconds / audio seconds, from the in-process engine or the server's
 /v1/info); CPU (this process, and the whole machine) and RSS; WER of the finals against the
 clips' references. It stops at the first level whose p95 final or p95 first partial is over
---target-s, that has refusals, or at --max-streams, and answers "streams held at the target".
+--target-s, that has refused or failed streams, or at --max-streams, and answers "streams
+held at the target". Each level's WER is scored again at the end, so late finals count.
 Writes ramp-MODEL.json and ramp-MODEL.png into --out."""
 
 RAMP_EPILOG = """\

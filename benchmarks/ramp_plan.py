@@ -144,14 +144,17 @@ def in_window(at_s: float, start_s: float, end_s: float) -> bool:
 
 
 def crossing(first_partial_p95_s: float | None, final_p95_s: float | None, refused: int, target_s: float, *,
-             clips_ended: int = 0, clips_without_final: int = 0) -> str | None:
-    """Why a level ends the ramp (None: it held): refusals, a p95 over the target, or a stalled server.
+             failed: int = 0, clips_ended: int = 0, clips_without_final: int = 0) -> str | None:
+    """Why a level ends the ramp (None: it held): refusals, failed streams, a p95 over the target, a stall.
 
-    Stalled: more than :data:`STALLED_FRACTION` of the clips that ended got no final at all
-    (their latencies cannot be measured, so the percentiles alone would not show it).
+    A held stream neither fails nor waits: one failed session (dropped, timed out, an error)
+    ends the ramp like a refusal. Stalled: more than :data:`STALLED_FRACTION` of the clips that
+    ended got no final at all (their latencies cannot be measured, so percentiles would not show it).
     """
     if refused:
         return "refused"
+    if failed:
+        return "failed"
     if final_p95_s is not None and final_p95_s > target_s:
         return "final_p95"
     if first_partial_p95_s is not None and first_partial_p95_s > target_s:

@@ -148,6 +148,12 @@ def test_latency_summary_shape():
     assert latency_summary([0.2, 0.4]) == {"p50": 0.3, "p95": 0.39, "n": 2}
 
 
+def test_a_failed_stream_ends_the_ramp_after_refusals():
+    assert crossing(0.5, 0.8, 0, 1.5, failed=1) == "failed"
+    assert crossing(0.5, 0.8, 2, 1.5, failed=1) == "refused"
+    assert crossing(3.0, 3.0, 0, 1.5, failed=1) == "failed"
+
+
 @pytest.mark.parametrize("first, final, refused, ended, without, reason", [
     (0.5, 0.8, 0, 10, 0, None),
     (0.5, 1.5, 0, 10, 0, None),                 # at the target still holds
@@ -247,6 +253,15 @@ def test_transcripts_and_outcomes_of_a_window():
     outcomes = ramp._outcomes(100.0, 120.0)
     assert outcomes["refused"] == 1 and outcomes["refused_codes"] == {"overloaded": 1}
     assert outcomes["retry_after_s_max"] == 3.0 and outcomes["failed"] == 0  # the failure came later
+
+
+def test_a_final_after_the_grace_counts_in_the_level_wer_at_the_end():
+    session = _session(0, 100.0, [], finals=[(1.0, 3.0, "alpha"), (5.0, 8.0, "bravo")])
+    ramp = _ramp([session])
+    ramp.windows = [(100.0, 110.0)]
+    levels = [{"wer": 1.0, "clips_without_final": 1}]  # as measured, before bravo's final came
+    ramp._rescore(levels)
+    assert levels[0]["wer"] == 0.0 and levels[0]["clips_without_final"] == 0 and levels[0]["clips_ended"] == 2
 
 
 # ---------------------------------------------------------------------------- command line, URLs, CPU
