@@ -210,25 +210,40 @@ class StaticDecoder:
         """Write every row's tail KV into its slot; the next-token logits after each tail ``(B, vocab)``.
 
         Ragged tails are left-aligned and padded; pad queries write to the scratch column. Runs eagerly
-        (its shape follows the tails), reading each row's keys as a gathered copy of its slot.
+        (its shape follows the tails). Rows are processed in slot order: when their slots are one
+        contiguous range (all streams stepping together) attention reads the pool in place, else a
+        gathered copy of the rows' slots.
         """
-        pool, dev = self.pool, self.device
-        b = len(rows)
-        lens = [r.tail_embeds.shape[0] for r in rows]
-        if min(lens) < 1:
-            raise ValueError("every row needs at least one tail position to prefill")
-        if len({r.slot for r in rows}) != b:
+        pool = self.pool
+        if len({r.slot for r in rows}) != len(rows):
             raise ValueError("two rows of one call share a KV slot")
-        for r, t in zip(rows, lens):
-            pool.check_room(r.slot, r.start + t)
+        for r in rows:
+            if r.tail_embeds.shape[0] < 1:
+                raise ValueError("every row needs at least one tail position to prefill")
+            pool.check_room(r.slot, r.start + r.tail_embeds.shape[0])
+        order = sorted(range(len(rows)), key=lambda i: rows[i].slot)
+        logits = self._prefill_sorted([rows[i] for i in order])
+        back = torch.empty(len(rows), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(rows))
+        return logits[back.to(logits.device)]
+
+    def _prefill_sorted(self, rows: list[SlotRow]) -> torch.Tensor:
+        pool, dev = self.pool, self.device
+        b, lens = len(rows), [r.tail_embeds.shape[0] for r in rows]
         tm, span = max(lens), max(r.start + t for r, t in zip(rows, lens))
-        x = torch.zeros(b, tm, rows[0].tail_embeds.shape[1], dtype=pool.keys.dtype, device=dev)
+        x = torch.nn.utils.rnn.pad_sequence([r.tail_embeds for r in rows], batch_first=True)
+        x = x.to(dev, pool.keys.dtype)
         pos = torch.full((b, tm), pool.scratch, dtype=torch.long)
         for i, (r, t) in enumerate(zip(rows, lens)):
-            x[i, :t] = r.tail_embeds.to(dev, pool.keys.dtype)
             pos[i, :t] = torch.arange(r.start, r.start + t)
         pos = pos.to(dev)
+        first = rows[0].slot
+        packed = rows[-1].slot - first == b - 1
         slots = torch.tensor([r.slot for r in rows], dtype=torch.long, device=dev)
+
+        def read(cache: torch.Tensor) -> torch.Tensor:
+            return cache[first:first + b, :, :span] if packed else cache[:, :, :span].index_select(0, slots)
+
         allowed = torch.arange(span, device=dev)[None, None, :] <= pos[:, :, None]  # pads see everything: no NaN
         cos_sin = self.decoder.rotary_emb(x, pos)
         for li, layer in enumerate(self.decoder.layers):
@@ -236,8 +251,7 @@ class StaticDecoder:
             kc, vc = pool.keys[li], pool.values[li]
             kc[slots[:, None], :, pos] = k.transpose(1, 2)  # (B, tm, kvh, d) at each row's own positions
             vc[slots[:, None], :, pos] = v.transpose(1, 2)
-            x = self._block(layer, x, self._attend(q, kc[:, :, :span].index_select(0, slots),
-                                                   vc[:, :, :span].index_select(0, slots), allowed))
+            x = self._block(layer, x, self._attend(q, read(kc), read(vc), allowed))
         last = x[torch.arange(b, device=dev), torch.tensor(lens, device=dev) - 1]
         return self.lm_head(self.decoder.norm(last)).float()
 
