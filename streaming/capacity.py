@@ -17,6 +17,12 @@ model's *cost* instead:
   A measured capacity is also re-estimated from the engine's live per-item
   costs (real speech, real utterance lengths), again with hysteresis.
 
+The capacity counts *every* partial at ``step_s``: it is the load at which first
+partials keep their latency too. Beyond it the engine still serves finals for a
+while by coalescing and shedding partials (tiny.en on 2 cores: one stream keeps
+the model 38 % busy, so this gives 2; finals stayed near 1.5 s up to 4 streams,
+whose first partials were 2.6 s late at p95; ``bench/whisper-tiny.en``).
+
 Nothing here reads a clock, a socket or a thread: the caller passes ``now_s``
 and the load figures in, so every rule is tested with tables and a fake clock
 (``tests/test_capacity.py``). The measuring and the live sampling are ``streaming/admission.py``.
