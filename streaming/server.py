@@ -283,7 +283,10 @@ class StreamingServer:
         refusal = self._admission_error(conn)  # checked again at start; refused early when it is clear
         if refusal is not None:
             conn.refuse(refusal)
-            await conn.finished()
+            try:
+                await conn.finished()
+            finally:
+                conn.release()  # its sender and pinger end with it
             return
         # Connections that have not started are bounded apart from sessions; when too many
         # wait, the oldest is closed (a socket that never sends start cannot lock anyone out).
