@@ -2,15 +2,18 @@
 """Where a Whisper partial and a final spend their time, and what the speed options buy, side by side.
 
     .venv/bin/python scripts/whisper_profile.py                          # tiny.en, batch 1/4/8, 3 repeats
-    .venv/bin/python scripts/whisper_profile.py --variants full,w5,w10 --batches 8 --json cost.json
+    .venv/bin/python scripts/whisper_profile.py --variants 0,10,10q,10@2 --batches 8 --json cost.json
+
+A variant is ``WINDOW[q][@THREADS]``: ``partial_window_s`` (0 = the full 30 s), ``q`` for the
+int8 partial encoder (``quantize="partials"``), ``@2`` for two torch threads.
 
 Partials: each row is a dev clip's first ``--partial-s`` seconds, stepped at 1 s, 2 s, ... so
 its stable prefix is what a stream would have, and the last step is timed. Finals: the
 clips' first ``--final-s`` seconds with word timestamps, so the DTW pass is timed too.
-Each phase is timed on the calling thread: with ``--threads 1`` (the default) all of
-torch's work runs there, so CPU milliseconds (``time.thread_time``) barely move when other
-processes share the cores, while wall milliseconds do. Variants run interleaved, the same
-work in the same process, and the median of the repeats is reported.
+Each phase is timed in CPU milliseconds of the process (``time.process_time``: every torch
+thread, OpenMP's spinning included) and in wall milliseconds. CPU time moves much less than
+wall time when other processes share the cores. Variants run interleaved, the same work in
+the same process, and the median of the repeats is reported.
 """
 
 from __future__ import annotations
@@ -34,18 +37,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streaming.evaluation import dev_clips  # noqa: E402
 from streaming.models.base import SAMPLE_RATE_HZ, UtteranceOptions  # noqa: E402
-from streaming.models.whisper import WhisperBackend  # noqa: E402
+from streaming.models.whisper import WhisperBackend, quantize_linear_int8  # noqa: E402
 
 PHASES = ("features", "encoder", "prefill", "decode_steps", "vocab", "word_timing", "other")
 """``vocab``: the vocabulary projection of every decoder position (outside the decoder module)."""
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "full": {"partial_window_s": 0.0},
-    "w10": {"partial_window_s": 10.0},
-    "w5": {"partial_window_s": 5.0},
-    "w2": {"partial_window_s": 2.0},
-}
-"""Named option sets (``WhisperDecodingOptions`` fields) a run compares."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One configuration a run compares (see the module docstring for its spelling)."""
+
+    window_s: float
+    int8: bool
+    threads: int
+
+    @classmethod
+    def parse(cls, spec: str, threads: int) -> Variant:
+        head, _, count = spec.partition("@")
+        return cls(float(head.rstrip("q")), head.endswith("q"), int(count) if count else threads)
 
 
 class PhaseTimer:
@@ -62,12 +72,12 @@ class PhaseTimer:
         """Start ``phase`` unless another one is running (nested work counts for the outer phase)."""
         if self.current is not None:
             return False
-        self.current, self._start = phase, (time.thread_time(), time.perf_counter())
+        self.current, self._start = phase, (time.process_time(), time.perf_counter())
         return True
 
     def end(self) -> None:
         cpu0, wall0 = self._start
-        self.cpu_ms[self.current] += (time.thread_time() - cpu0) * 1000
+        self.cpu_ms[self.current] += (time.process_time() - cpu0) * 1000
         self.wall_ms[self.current] += (time.perf_counter() - wall0) * 1000
         self.counts[self.current] += 1
         self.current = None
@@ -125,14 +135,17 @@ def instrument(backend: WhisperBackend) -> PhaseTimer:
 
 
 @contextmanager
-def options(backend: WhisperBackend, **fields: Any) -> Iterator[None]:
-    """``backend.decoding`` with ``fields`` replaced for the duration."""
-    before = backend.decoding
-    backend.decoding = dataclasses.replace(before, **fields)
+def applied(backend: WhisperBackend, variant: Variant, int8_encoder: torch.nn.Module) -> Iterator[None]:
+    """``backend`` configured as ``variant`` for the duration (window, partial encoder, torch threads)."""
+    before = backend.decoding, backend._partial_encoder, torch.get_num_threads()
+    backend.decoding = dataclasses.replace(before[0], partial_window_s=variant.window_s)
+    backend._partial_encoder = int8_encoder if variant.int8 else backend.encoder
+    torch.set_num_threads(variant.threads)
     try:
         yield
     finally:
-        backend.decoding = before
+        backend.decoding, backend._partial_encoder = before[0], before[1]
+        torch.set_num_threads(before[2])
 
 
 def clip_audio(batch: int, seconds: float) -> list[np.ndarray]:
@@ -165,9 +178,9 @@ def time_final(backend: WhisperBackend, timer: PhaseTimer, audios: list[np.ndarr
 def timed_call(timer: PhaseTimer, call: Callable[[], list[Any]]) -> dict[str, Any]:
     """CPU/wall ms per phase of one call; ``other`` is the call's total less the timed phases."""
     timer.reset()
-    cpu0, wall0 = time.thread_time(), time.perf_counter()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     results = call()
-    total_cpu, total_wall = (time.thread_time() - cpu0) * 1000, (time.perf_counter() - wall0) * 1000
+    total_cpu, total_wall = (time.process_time() - cpu0) * 1000, (time.perf_counter() - wall0) * 1000
     cpu = {p: timer.cpu_ms.get(p, 0.0) for p in PHASES if p != "other"}
     wall = {p: timer.wall_ms.get(p, 0.0) for p in PHASES if p != "other"}
     cpu["other"], wall["other"] = total_cpu - sum(cpu.values()), total_wall - sum(wall.values())
@@ -189,7 +202,7 @@ def main() -> None:
     p.add_argument("--model", default="tiny.en")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batches", default="1,4,8")
-    p.add_argument("--variants", default="full,w10,w5")
+    p.add_argument("--variants", default="0,10,5")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--partial-s", type=float, default=5.0)
     p.add_argument("--final-s", type=float, default=8.0)
@@ -199,15 +212,16 @@ def main() -> None:
     backend = WhisperBackend.from_embedded(args.model)
     backend.warmup()
     timer = instrument(backend)
-    variants = args.variants.split(",")
+    variants = {spec: Variant.parse(spec, args.threads) for spec in args.variants.split(",")}
+    int8_encoder = quantize_linear_int8(backend.encoder)
     report: dict[str, Any] = {"model": backend.name, "threads": args.threads, "partial_s": args.partial_s,
                               "final_s": args.final_s, "rows": []}
     for batch in (int(b) for b in args.batches.split(",")):
         partial_audio, final_audio = clip_audio(batch, args.partial_s), clip_audio(batch, args.final_s)
         runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for _ in range(args.repeats):
-            for name in variants:
-                with options(backend, **VARIANTS[name]):
+            for name, variant in variants.items():
+                with applied(backend, variant, int8_encoder):
                     runs[("partial", name)].append(time_partial(backend, timer, partial_audio))
                     runs[("final", name)].append(time_final(backend, timer, final_audio))
         for (kind, name), rows in runs.items():
@@ -221,7 +235,7 @@ def main() -> None:
 def print_row(row: dict[str, Any]) -> None:
     cpu = row["cpu_ms"]
     phases = "  ".join(f"{p} {cpu[p]:6.1f}" for p in PHASES)
-    print(f"{row['kind']:7s} {row['variant']:5s} B={row['batch']}  cpu {row['total_cpu_ms']:7.1f} ms "
+    print(f"{row['kind']:7s} {row['variant']:6s} B={row['batch']}  cpu {row['total_cpu_ms']:7.1f} ms "
           f"(wall {row['total_wall_ms']:7.1f})  {phases}  steps {row['decode_steps']}", flush=True)
 
 
