@@ -14,7 +14,8 @@ import torch
 from streaming.models.base import UtteranceOptions
 from streaming.models.decoding import StopCriteria
 from streaming.models.qwen3_asr import Qwen3ASRBackend, _DecodeRow, random_model
-from streaming.models.static_kv import (
+from streaming.models.qwen3_asr.slot_decoder import SlotRowDecoder
+from streaming.models.qwen3_asr.static_decode import (
     KVPoolFullError,
     KVSlotPool,
     SlotDecoding,
@@ -272,3 +273,109 @@ def test_cuda_bf16_tokens_mostly_equal_float32():
     # Long greedy runs drift apart once one near-tie flips; the first token of each tail is compared.
     same = sum(a == b for a, b in zip(results[0], results[1]))
     assert same >= 3, results
+
+
+# --------------------------------------------------------------------------- benchmark smoke
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
+    from benchmarks import qwen3_gpu
+
+    rc = qwen3_gpu.main(["--arch", "tiny", "--device", "cpu", "--dtype", "float32", "--batch-sizes", "1", "2",
+                         "--context", "40", "--iters", "3", "--streams", "2", "--seconds", "4", "--clip-s", "1.5",
+                         "--out", str(tmp_path)])
+    assert rc == 0
+    report = json.loads((tmp_path / "qwen3_gpu.json").read_text())
+    modes = {r["mode"] for r in report["steps"]}
+    assert modes == {"dynamic", "static"}  # no graphs without CUDA
+    assert all(r["ms_median"] > 0 for r in report["steps"])
+    run = report["streams"][0]
+    assert run["streams"] == 2 and run["finals"] >= 2 and run["final_latency_s_p95"] > 0
+    assert (tmp_path / "qwen3_gpu.png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- the backend on slots
+
+
+def speech(seconds: float) -> list:
+    from streaming.evaluation import dev_clips
+
+    return [c.load()[: int(seconds * 16_000)] for c in dev_clips()[:3]]
+
+
+def run_backend(backend: Qwen3ASRBackend, clips, chunk_s: list[float], n_steps: int):
+    """Three utterances of different lengths stepped as one batch in uneven chunks, then finalized."""
+    states = [backend.new_utterance(UtteranceOptions(window_s=w)) for w in (1, 2, 4)]
+    pos, steps = [0] * len(states), []
+    for k in range(n_steps):
+        for i, (s, a) in enumerate(zip(states, clips)):
+            n = int(chunk_s[(k + i) % len(chunk_s)] * 16_000)
+            s.append_audio(a[pos[i]:pos[i] + n])
+            pos[i] += n
+        steps.append([(h.stable_text, h.unstable_text, h.stats.get("decoded_tokens")) for h in backend.step(states)])
+    finals = backend.finalize(states)
+    return steps, [(f.text, f.stats.get("tokens")) for f in finals]
+
+
+def slotted_pair(backend: Qwen3ASRBackend, **kw) -> tuple[Qwen3ASRBackend, Qwen3ASRBackend]:
+    """The same weights behind the dynamic cache and behind KV slots (short finals: a fast test)."""
+    kw = dict(repetition_guard=False, max_tokens_per_audio_s=4.0, **kw)
+    return (Qwen3ASRBackend(backend.model, backend.tokenizer, **kw),
+            Qwen3ASRBackend(backend.model, backend.tokenizer, kv_cache="static", max_streams=4, **kw))
+
+
+def pool_of(backend: Qwen3ASRBackend) -> KVSlotPool:
+    return backend.row_decoder.pool
+
+
+def test_backend_on_slots_equals_dynamic_backend(backend):
+    dynamic, slotted = slotted_pair(backend)
+    # CPU default ("auto"): the dynamic cache, so nothing changes for CI.
+    assert not isinstance(dynamic.row_decoder, SlotRowDecoder) and isinstance(slotted.row_decoder, SlotRowDecoder)
+    clips = speech(4.0)
+    want = run_backend(dynamic, clips, [0.5, 0.9, 0.3], n_steps=6)
+    assert run_backend(slotted, clips, [0.5, 0.9, 0.3], n_steps=6) == want
+    assert pool_of(slotted).in_use == 0  # finalize gave every slot back
+    assert any(f[0] or f[1] for f in want[1]) and any(any(h[2] for h in step) for step in want[0])
+
+
+@pytest.mark.slow
+def test_backend_on_slots_equals_dynamic_backend_long(backend):
+    """Longer utterances, the repetition guard on, and every slot reused by the next run."""
+    dynamic, slotted = slotted_pair(backend, window_s=2)
+    dynamic.repetition_guard = slotted.repetition_guard = True
+    clips = speech(9.0)
+    want = run_backend(dynamic, clips, [0.5, 0.9, 0.3], n_steps=12)
+    assert run_backend(slotted, clips, [0.5, 0.9, 0.3], n_steps=12) == want
+    assert run_backend(slotted, clips, [0.5, 0.9, 0.3], n_steps=12) == want
+
+
+def test_backend_slot_freed_when_utterance_dropped(backend):
+    import gc
+
+    slotted = Qwen3ASRBackend(backend.model, backend.tokenizer, repetition_guard=False, kv_cache="static",
+                              max_streams=1)
+    s = slotted.new_utterance(UtteranceOptions())
+    s.append_audio(speech(2.0)[0])
+    slotted.step([s])
+    assert pool_of(slotted).in_use == 1
+    del s
+    gc.collect()
+    t = slotted.new_utterance(UtteranceOptions())  # the only slot is free again: no KVPoolFullError
+    t.append_audio(speech(2.0)[1])
+    assert slotted.step([t])[0] is not None and pool_of(slotted).in_use == 1
+
+
+def test_backend_more_utterances_than_slots_is_a_clear_error(backend):
+    slotted = Qwen3ASRBackend(backend.model, backend.tokenizer, kv_cache="static", max_streams=1)
+    states = [slotted.new_utterance(UtteranceOptions()) for _ in range(2)]
+    for s, a in zip(states, speech(1.0)):
+        s.append_audio(a)
+    with pytest.raises(KVPoolFullError, match="max_streams=1"):
+        slotted.step(states)
+
+
+def test_backend_refuses_unknown_kv_cache(backend):
+    with pytest.raises(ValueError, match="kv_cache must be auto, static or dynamic"):
+        Qwen3ASRBackend(backend.model, backend.tokenizer, kv_cache="paged")

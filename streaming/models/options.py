@@ -60,3 +60,10 @@ class Qwen3Options:
     """Token cap per second of audio (loop guard)."""
     repetition_guard: bool = True
     """Stop a decode whose output ends in an n-gram repeated back to back (a decoding loop)."""
+    kv_cache: str = opt("auto", choices=("auto", "static", "dynamic"))
+    """Decoder KV: ``static`` preallocated slots (fixed shapes, CUDA graphs), ``dynamic`` per-step caches;
+    ``auto`` = static on CUDA, dynamic on CPU."""
+    max_streams: int = opt(256, low=1, high=4096)
+    """KV slots of the static cache: utterances decoding at once (each holds max_utterance_s of positions)."""
+    cuda_graphs: bool = True
+    """Replay the static cache's decode step as CUDA graphs (CUDA only)."""

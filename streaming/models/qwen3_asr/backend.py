@@ -25,6 +25,7 @@ from streaming.models.base import (
 from streaming.models.qwen3_asr.decoder import DecodeRow, RowDecoder, stop_criteria
 from streaming.models.qwen3_asr.encoder import WindowEncoder
 from streaming.models.qwen3_asr.features import LogMel
+from streaming.models.qwen3_asr.slot_decoder import SlotRowDecoder
 from streaming.models.qwen3_asr.state import Qwen3ASRState
 from streaming.models.qwen3_asr.text import ENDOFTEXT, IM_END, Qwen3Text
 from streaming.models.timing import TIMING_ESTIMATED, estimated_words
@@ -56,6 +57,7 @@ class Qwen3ASRBackend(Backend):
                  dtype: torch.dtype | str | None = None, window_s: int = 4, threads: int | None = None,
                  max_utterance_s: float = 60.0, max_new_tokens_per_step: int = 32,
                  max_tokens_per_audio_s: float = 12.0, repetition_guard: bool = True,
+                 kv_cache: str = "auto", max_streams: int = 256, cuda_graphs: bool = True,
                  name: str = "qwen3-asr") -> None:
         if threads:
             torch.set_num_threads(int(threads))
@@ -86,7 +88,7 @@ class Qwen3ASRBackend(Backend):
         self.embed = self.decoder.get_input_embeddings()
         self.n_layers = cfg.text_config.num_hidden_layers
         self.window_encoder = WindowEncoder(self.encoder, self.projector, self.logmel, self.device, self.dtype)
-        self.row_decoder = RowDecoder(self.decoder, self.lm_head, cfg.text_config, self.device, self.dtype)
+        self.row_decoder = self._row_decoder(kv_cache, max_streams, cuda_graphs)
         self.ids = self.text.ids
         eos = cfg.eos_token_id
         eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
@@ -96,6 +98,16 @@ class Qwen3ASRBackend(Backend):
         self.language_names = self.text.language_names
 
     # construction ---------------------------------------------------------------
+    def _row_decoder(self, kv_cache: str, max_streams: int, cuda_graphs: bool) -> RowDecoder:
+        """Static KV slots (+ CUDA graphs) by default on CUDA; the dynamic cache elsewhere (CPU unchanged)."""
+        if kv_cache not in ("auto", "static", "dynamic"):
+            raise ValueError(f"kv_cache must be auto, static or dynamic, got {kv_cache!r}")
+        tc = self.model.config.text_config
+        if kv_cache == "static" or (kv_cache == "auto" and self.device.type == "cuda"):
+            return SlotRowDecoder(self.decoder, self.lm_head, tc, self.device, self.dtype, int(max_streams),
+                                  self.max_utterance_s, self.max_tokens_per_audio_s, cuda_graphs=cuda_graphs)
+        return RowDecoder(self.decoder, self.lm_head, tc, self.device, self.dtype)
+
     @classmethod
     def from_pretrained(cls, name_or_path: str = HUB_NAMES["0.6b"], device: str = "auto",
                         dtype: str | torch.dtype | None = "auto", window_s: int = 4,
@@ -213,6 +225,7 @@ class Qwen3ASRBackend(Backend):
             s = r.state
             language, text = self._parse(s, toks)
             results[id(s)] = self._final(s, text, language, {**r.stats, "tokens": toks, "decoded_tokens": len(toks)})
+            SlotRowDecoder.release(s)
         return [results[id(s)] for s in sts]
 
     @staticmethod
@@ -231,6 +244,8 @@ class Qwen3ASRBackend(Backend):
             self.step([s])
         finally:
             self.max_new_tokens_per_step = saved
+        if isinstance(self.row_decoder, SlotRowDecoder):
+            self.row_decoder.warmup()
 
     # text ------------------------------------------------------------------------------
     def _parse(self, s: Qwen3ASRState, toks: list[int]) -> tuple[str | None, str]:

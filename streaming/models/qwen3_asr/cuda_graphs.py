@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from streaming.models.static_kv import StaticDecoder
+from streaming.models.qwen3_asr.static_decode import StaticDecoder
 
 log = logging.getLogger(__name__)
 

@@ -93,7 +93,7 @@ class RowDecoder:
         """Embeddings of what the cache does not hold, and how many of them join it afterwards."""
         parts: list[torch.Tensor] = []
         head_new = 0
-        if s.kv is None:
+        if s.cached_len == 0:  # nothing cached yet (dynamic kv or a slot): the prompt head goes first
             parts.append(self.embed_ids(s.head_ids))
             head_new = len(s.head_ids)
         fin = [w.embeds for w in s.windows[s.committed_windows:]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,12 @@ class Qwen3ASRState(UtteranceState):
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         """Decoder KV cache over ``[head_ids][audio tokens of windows[:committed]]``, per layer ``(1, kvh, H, d)``."""
         self.committed_windows = 0
+        self.slot: int | None = None
+        """KV slot of the static path (``kv_cache="static"``), taken at the first decode."""
+        self.slot_len = 0
+        """Committed positions in the slot: the static path's ``kv``."""
+        self.release_slot: weakref.finalize | None = None
+        """Gives the slot back; runs by itself if the state is dropped before its final."""
         self.agreement: LocalAgreement[int] = LocalAgreement(n=2)
         self.last_hypothesis: Hypothesis | None = None
         self._frames_at_last_step = -1
@@ -52,7 +59,9 @@ class Qwen3ASRState(UtteranceState):
 
     @property
     def cached_len(self) -> int:
-        """Decoder positions held in the KV cache."""
+        """Decoder positions held in the KV cache (the slot's committed length on the static path)."""
+        if self.slot is not None:
+            return self.slot_len
         return 0 if self.kv is None else self.kv[0][0].shape[-2]
 
     def window_features(self, w: int, end: int) -> torch.Tensor:
@@ -80,6 +89,7 @@ def extend_frames(state: Qwen3ASRState, logmel: LogMel, final: bool) -> None:
         state.prefix_max = []
         state.windows = []
         state.kv = None
+        state.slot_len = 0
         state.committed_windows = 0
         state.rebuilds += 1
     have = state.raw_frames.shape[1]

@@ -14,7 +14,7 @@ the pool: attention reads a contiguous slice, no gather, with a length mask per
 row; rows not decoding write to the scratch column and their output is ignored.
 Slots are handed out lowest first so the active rows stay packed. Shapes depend
 only on the (batch, length) bucket, so one graph per bucket pair is captured
-(``streaming.models.cuda_graphs``).
+(``streaming.models.qwen3_asr.cuda_graphs``).
 
 Why not transformers' ``StaticCache``: its layers keep one ``cumulative_length``
 for the whole batch (``index_copy_`` at the same positions for every row), so
@@ -330,7 +330,7 @@ class SlotDecoding:
         self.decoder = StaticDecoder(decoder, lm_head, self.pool, batch_buckets, len_buckets)
         self.graphs = None
         if cuda_graphs and weight.device.type == "cuda":
-            from streaming.models.cuda_graphs import CudaGraphDecoder
+            from streaming.models.qwen3_asr.cuda_graphs import CudaGraphDecoder
 
             self.graphs = CudaGraphDecoder(self.decoder)
         self.step_fn: StepFn = self.graphs or eager_step(self.decoder)
