@@ -25,6 +25,7 @@ from streaming.models.qwen3_asr.static_decode import (
     bucket_for,
     length_buckets,
     slot_len_for,
+    streams_that_fit,
 )
 
 
@@ -225,6 +226,25 @@ def test_batch_buckets_end_at_pool_size(backend):
 def test_slot_len_for_sizes_a_minute_of_speech():
     n = slot_len_for(60.0, 12.0)
     assert n % 128 == 0 and n >= 320 + 13 * 60 + 16 + 12 * 60
+
+
+@pytest.mark.parametrize("requested, slot_mib, free_mib, want", [
+    (256, 220, 139_000, 256),  # 0.6B, a minute per slot, on an H200: all of them
+    (256, 220, 24_000, 65),  # a 24 GB card: what fits in 60 % of it
+    (4, 1, 1_000, 4),
+])
+def test_streams_that_fit(requested, slot_mib, free_mib, want):
+    assert streams_that_fit(requested, slot_mib * 2**20, free_mib * 2**20) == want
+
+
+def test_streams_that_fit_none_is_a_clear_error():
+    with pytest.raises(MemoryError, match="one KV slot needs 220 MiB, only 100 MiB free"):
+        streams_that_fit(8, 220 * 2**20, 100 * 2**20)
+
+
+def test_slot_bytes_matches_the_allocated_pool():
+    pool = KVSlotPool(n_layers=3, kv_heads=2, head_dim=8, slots=2, max_len=10, dtype=torch.bfloat16)
+    assert KVSlotPool.slot_bytes(3, 2, 8, 10, torch.bfloat16) == pool.bytes_per_slot() == 2 * 3 * 2 * 11 * 8 * 2
 
 
 def test_shared_rows_refused(backend):

@@ -12,6 +12,7 @@ give the same tokens (``tests/test_static_decode.py``).
 
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import Any
 
@@ -20,7 +21,15 @@ import torch
 from streaming.models.decoding import StopCriteria
 from streaming.models.qwen3_asr.decoder import DecodeRow, RowDecoder
 from streaming.models.qwen3_asr.state import Qwen3ASRState
-from streaming.models.qwen3_asr.static_decode import SlotDecoding, SlotRow, slot_len_for
+from streaming.models.qwen3_asr.static_decode import (
+    KVSlotPool,
+    SlotDecoding,
+    SlotRow,
+    slot_len_for,
+    streams_that_fit,
+)
+
+log = logging.getLogger(__name__)
 
 
 class SlotRowDecoder(RowDecoder):
@@ -30,8 +39,17 @@ class SlotRowDecoder(RowDecoder):
                  dtype: torch.dtype, max_streams: int, max_utterance_s: float, max_tokens_per_audio_s: float,
                  cuda_graphs: bool = True) -> None:
         super().__init__(language_model, lm_head, text_config, device, dtype)
-        self.slots = SlotDecoding(language_model, lm_head, max_streams,
-                                  slot_len_for(max_utterance_s, max_tokens_per_audio_s), cuda_graphs=cuda_graphs)
+        max_len = slot_len_for(max_utterance_s, max_tokens_per_audio_s)
+        if device.type == "cuda":  # the default max_streams must not exhaust a smaller GPU
+            need = KVSlotPool.slot_bytes(self.n_layers, *self.kv_shape, max_len, dtype)
+            fit = streams_that_fit(max_streams, need, torch.cuda.mem_get_info(device)[0])
+            if fit < max_streams:
+                log.warning("KV slots: %d of max_streams=%d fit in 60%% of free GPU memory (%.0f MiB each)",
+                            fit, max_streams, need / 2**20)
+            max_streams = fit
+        self.slots = SlotDecoding(language_model, lm_head, max_streams, max_len, cuda_graphs=cuda_graphs)
+        log.info("KV slots: %d x %d positions (%.1f GiB)", max_streams, max_len,
+                 max_streams * self.pool.bytes_per_slot() / 2**30)
 
     @property
     def pool(self) -> Any:

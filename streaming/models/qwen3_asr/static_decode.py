@@ -100,6 +100,11 @@ class KVSlotPool:
         """Device memory one slot holds (K and V, all layers)."""
         return 2 * self.keys[:, 0].numel() * self.keys.element_size()
 
+    @staticmethod
+    def slot_bytes(n_layers: int, kv_heads: int, head_dim: int, max_len: int, dtype: torch.dtype) -> int:
+        """What :meth:`bytes_per_slot` will be, before allocating."""
+        return 2 * n_layers * kv_heads * (max_len + 1) * head_dim * torch.empty(0, dtype=dtype).element_size()
+
     def alloc(self) -> int:
         """A free slot, lowest first, with length 0."""
         self._drain()
@@ -304,6 +309,18 @@ class SlotBatch:
     """The ``past`` the shared greedy loop carries on the static path: which slot each batch row owns."""
 
     slots: list[int]
+
+
+def streams_that_fit(requested: int, slot_bytes: int, free_bytes: int, fraction: float = 0.6) -> int:
+    """Slots to allocate: ``requested``, or fewer if they would take more than ``fraction`` of free memory.
+
+    The rest stays for the weights' activations, the encoder and the CUDA graphs' pool.
+    """
+    fit = int(fraction * free_bytes) // max(1, slot_bytes)
+    if fit < 1:
+        raise MemoryError(f"one KV slot needs {slot_bytes / 2**20:.0f} MiB, only {free_bytes / 2**20:.0f} MiB "
+                          f"free: lower max_utterance_s or use kv_cache='dynamic'")
+    return min(int(requested), fit)
 
 
 def slot_len_for(max_utterance_s: float, max_tokens_per_audio_s: float, audio_tokens_per_s: int = 13,
