@@ -233,14 +233,17 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _backend(args: argparse.Namespace, max_streams: int) -> Qwen3ASRBackend:
+def _backend(args: argparse.Namespace, model: Any, tok: Any, kv_cache: str, max_streams: int) -> Qwen3ASRBackend:
     dev = torch.device(_resolve_device(args.device))
-    dtype = _resolve_dtype(args.dtype, dev)
-    model, tok = random_model(args.arch, dtype=dtype)
-    return Qwen3ASRBackend(model, tok, device=str(dev), dtype=dtype, window_s=args.window_s,
-                           max_new_tokens_per_step=args.new_tokens, max_tokens_per_audio_s=args.tokens_per_s,
-                           repetition_guard=False, kv_cache=args.kv, max_streams=max_streams,
-                           cuda_graphs=not args.no_graphs)
+    return Qwen3ASRBackend(model, tok, device=str(dev), dtype=_resolve_dtype(args.dtype, dev),
+                           window_s=args.window_s, max_new_tokens_per_step=args.new_tokens,
+                           max_tokens_per_audio_s=args.tokens_per_s, repetition_guard=False, kv_cache=kv_cache,
+                           max_streams=max_streams, cuda_graphs=not args.no_graphs)
+
+
+def _free_device_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,8 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    backend = _backend(args, max_streams=max(args.streams, default=1) + 8)
-    dev = backend.device
+    dev = torch.device(_resolve_device(args.device))
+    model, tok = random_model(args.arch, dtype=_resolve_dtype(args.dtype, dev))
+    # The step timing makes its own pool: its backend holds none, so the two pools never coexist.
+    backend = _backend(args, model, tok, "dynamic", 1)
     report: dict[str, Any] = {"config": {
         "arch": args.arch, "device": str(dev), "dtype": str(backend.dtype).replace("torch.", ""),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
@@ -280,8 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         "note": "random weights never emit EOS; CPU timings are sanity ratios only"}}
     log.info("model ready in %.1f s", time.perf_counter() - t0)
     report["steps"] = step_times(backend, args.batch_sizes, args.context, args.max_len, args.iters,
-                                 graphs=not args.no_graphs)
+                                 graphs=not args.no_graphs) if args.batch_sizes else []
+    del backend
+    _free_device_memory(dev)
+    backend = _backend(args, model, tok, args.kv, max(args.streams, default=1) + 8)
+    t1 = time.perf_counter()
     backend.warmup()
+    pool = getattr(backend.row_decoder, "pool", None)
+    report["config"].update(kv_slots=pool.slots if pool else None, kv_slot_len=pool.max_len if pool else None,
+                            warmup_s=round(time.perf_counter() - t1, 2))
     clips = _clips(args.clip_s)
     report["streams"] = []
     for n in args.streams:
