@@ -286,16 +286,17 @@ def main(argv: list[str] | None = None) -> int:
     log.info("model ready in %.1f s", time.perf_counter() - t0)
     report["steps"] = step_times(backend, args.batch_sizes, args.context, args.max_len, args.iters,
                                  graphs=not args.no_graphs) if args.batch_sizes else []
-    del backend
-    _free_device_memory(dev)
-    backend = _backend(args, model, tok, args.kv, max(args.streams, default=1) + 8)
-    t1 = time.perf_counter()
-    backend.warmup()
-    pool = getattr(backend.row_decoder, "pool", None)
-    report["config"].update(kv_slots=pool.slots if pool else None, kv_slot_len=pool.max_len if pool else None,
-                            warmup_s=round(time.perf_counter() - t1, 2))
-    clips = _clips(args.clip_s)
     report["streams"] = []
+    if args.streams:
+        del backend
+        _free_device_memory(dev)
+        backend = _backend(args, model, tok, args.kv, max(args.streams) + 8)
+        t1 = time.perf_counter()
+        backend.warmup()
+        pool = getattr(backend.row_decoder, "pool", None)
+        report["config"].update(kv_slots=pool.slots if pool else None, kv_slot_len=pool.max_len if pool else None,
+                                warmup_s=round(time.perf_counter() - t1, 2))
+        clips = _clips(args.clip_s)
     for n in args.streams:
         report["streams"].append(run_streams(backend, clips, n, args.seconds, args.step_s, args.window_s))
         log.info("streams: %s", report["streams"][-1])
