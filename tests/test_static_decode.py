@@ -260,13 +260,14 @@ def test_shared_rows_refused(backend):
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def cuda_backend(dtype: torch.dtype) -> Qwen3ASRBackend:
+def cuda_backend(dtype: torch.dtype, **kw) -> Qwen3ASRBackend:
     model, tok = random_model("tiny", seed=0)
     with torch.no_grad():
         for p in model.model.language_model.parameters():
             if p.dim() == 2:
                 p.mul_(8.0)
-    return Qwen3ASRBackend(model, tok, device="cuda", dtype=dtype, repetition_guard=False)
+    kw.setdefault("kv_cache", "dynamic")
+    return Qwen3ASRBackend(model, tok, device="cuda", dtype=dtype, repetition_guard=False, **kw)
 
 
 @cuda
@@ -399,3 +400,16 @@ def test_backend_more_utterances_than_slots_is_a_clear_error(backend):
 def test_backend_refuses_unknown_kv_cache(backend):
     with pytest.raises(ValueError, match="kv_cache must be auto, static or dynamic"):
         Qwen3ASRBackend(backend.model, backend.tokenizer, kv_cache="paged")
+
+
+@cuda
+def test_cuda_backend_defaults_to_slots_and_graphs_with_the_dynamic_results():
+    dynamic = cuda_backend(torch.float32, max_tokens_per_audio_s=4.0)
+    auto = Qwen3ASRBackend(dynamic.model, dynamic.tokenizer, device="cuda", dtype=torch.float32,
+                           repetition_guard=False, max_tokens_per_audio_s=4.0, max_streams=8)
+    assert isinstance(auto.row_decoder, SlotRowDecoder) and auto.row_decoder.slots.graphs is not None
+    auto.warmup()  # captures every (batch, length) bucket
+    assert len(auto.row_decoder.slots.graphs.captured) == 4 * len(auto.row_decoder.slots.decoder.len_buckets)
+    clips = speech(4.0)
+    assert run_backend(auto, clips, [0.5, 0.9, 0.3], n_steps=6) == run_backend(dynamic, clips, [0.5, 0.9, 0.3],
+                                                                                n_steps=6)
