@@ -1,6 +1,6 @@
 """Qwen3 text decoding over static KV slots: fixed-shape tensors a CUDA graph can capture.
 
-The dynamic path (``Qwen3ASRBackend._prefill``) builds a padded ``DynamicCache``
+The dynamic path (``RowDecoder.prefill``) builds a padded ``DynamicCache``
 every step and grows it by concatenation per token, so shapes change at every
 token and each step copies every row's head. Here each utterance owns a *slot*
 of a pool preallocated once: per layer ``[slots, kv_heads, max_len + 1,
@@ -14,7 +14,9 @@ the pool: attention reads a contiguous slice, no gather, with a length mask per
 row; rows not decoding write to the scratch column and their output is ignored.
 Slots are handed out lowest first so the active rows stay packed. Shapes depend
 only on the (batch, length) bucket, so one graph per bucket pair is captured
-(``streaming.models.qwen3_asr.cuda_graphs``).
+(``streaming.models.qwen3_asr.cuda_graphs``). The greedy loop and its stop rules are
+the shared one (:func:`streaming.models.decoding.greedy_decode`); only the
+prefill and the ``DecodeStep`` are ours.
 
 Why not transformers' ``StaticCache``: its layers keep one ``cumulative_length``
 for the whole batch (``index_copy_`` at the same positions for every row), so
