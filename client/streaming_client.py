@@ -49,9 +49,13 @@ class _Lost:
     reason: str
     code: str | None = None
     permanent: bool = False
+    retry_after_s: float | None = None
+    """The server's hint (``overloaded``): wait at least this long before the next try."""
 
 
 _DONE = object()
+MAX_RETRY_AFTER_S = 60.0
+"""The longest ``retry_after_s`` hint the client honours (a bad hint must not park it for hours)."""
 
 
 class StreamingClient:
@@ -224,6 +228,8 @@ class StreamingClient:
                     self._emit(Disconnected(result.reason, None, result.code, connected_before))
                     return self._finish("failed")
                 delay = self.options.backoff.delay_s(attempt)
+                if result.retry_after_s is not None:  # a full server says when a slot is likely to free
+                    delay = max(delay, min(result.retry_after_s, MAX_RETRY_AFTER_S))
                 attempt += 1
                 self._emit(Disconnected(result.reason, delay, result.code, connected_before))
                 with contextlib.suppress(TimeoutError):
@@ -306,7 +312,9 @@ class StreamingClient:
 
     async def _on_fatal(self, ws: ClientConnection, error: Error) -> str | _Lost:
         if self.options.reconnect and is_retryable(error.code):
-            return _Lost(f"server error {error.code}: {error.message}", code=error.code)
+            hint = error.extra.get("retry_after_s")
+            retry_after_s = float(hint) if isinstance(hint, int | float) and not isinstance(hint, bool) else None
+            return _Lost(f"server error {error.code}: {error.message}", code=error.code, retry_after_s=retry_after_s)
         self._emit(error)
         self.error = error
         await _wait_closed(ws, self.options.close_timeout_s)  # the server closes right after: its close code

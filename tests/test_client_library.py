@@ -402,3 +402,24 @@ async def test_a_draining_server_is_retried_and_nothing_is_lost(clips) -> None:
     reference = " ".join(clips[i].text for i in ("lib_left", "goforward", "librivox_0890"))
     hypothesis = " ".join(e.text for e in events if isinstance(e, Final))
     assert wer([normalize_english(reference)], [normalize_english(hypothesis)]) <= 0.15, hypothesis
+
+
+async def test_an_overloaded_server_is_retried_no_sooner_than_it_says() -> None:
+    """``overloaded`` carries ``retry_after_s``: the client's next try waits at least that (capped), not its backoff."""
+    from streaming.server import BackgroundServer
+    from tests.fakes import CountingBackend
+    from tests.helpers import make_config
+
+    with BackgroundServer(CountingBackend(), make_config(capacity_streams=1)) as server:
+        async with websockets.connect(server.url) as holder:  # takes the only stream of capacity
+            await holder.send(json.dumps({"type": "start", "sample_rate": 16000}))
+            assert json.loads(await holder.recv())["type"] == "ready"
+            async with asyncio.timeout(30):
+                async with StreamingClient(server.url) as client:
+                    async for event in client.events():
+                        if isinstance(event, Disconnected):
+                            break
+                    await client.close()
+    assert event.code == "overloaded" and event.retry_in_s is not None
+    # With no session ended yet the server's hint is its longest (30 s), far past the client's own backoff.
+    assert event.retry_in_s > client.options.backoff.max_s
