@@ -255,7 +255,10 @@ class StreamingClient:
                 self.close_code = ws.close_code
 
     async def _exchange(self, ws: ClientConnection) -> str | _Lost:
-        await ws.send(self._codec.control(self.stream.start_message()))
+        with contextlib.suppress(ConnectionClosed):
+            # A server that refuses at once (overloaded, shutting down) may close before our start
+            # arrives: its error is still waiting to be read below, and it says why and when to retry.
+            await ws.send(self._codec.control(self.stream.start_message()))
         async with asyncio.timeout(self.options.connect_timeout_s):
             first = parse_event(self._codec.event(await ws.recv()))
             while isinstance(first, Error) and not first.fatal:  # a warning before ready: pass it on
