@@ -7,7 +7,8 @@
 
 Each clip is one utterance stepped every ``--step-s`` (the server's default 1 s) by every
 variant in turn, so all see the same audio at the same moment; then each is finalized. A
-variant is ``WINDOW[:PAD]`` (``partial_window_s``, ``partial_pad_s``); the first is the reference.
+variant is ``WINDOW[:PAD][q]`` (``partial_window_s``, ``partial_pad_s``, ``q``: the int8 partial
+encoder of ``quantize="partials"``); the first is the reference.
 Reported per variant, against the reference:
 
 * ``partial_wer_vs_full``: corpus WER of its partial texts against the full window's
@@ -41,49 +42,54 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streaming.evaluation import dev_clips, load_manifest, normalize_english, wer  # noqa: E402
 from streaming.models.base import SAMPLE_RATE_HZ, UtteranceOptions  # noqa: E402
 from streaming.models.options import WhisperDecodingOptions  # noqa: E402
-from streaming.models.whisper import WhisperBackend  # noqa: E402
+from streaming.models.whisper import WhisperBackend, quantize_linear_int8  # noqa: E402
 
 
-def parse_variants(spec: str, pad_s: float) -> dict[str, tuple[float, float]]:
-    """``"0,10:1,5:2"`` -> {name: (partial_window_s, partial_pad_s)}; a missing pad is ``pad_s``."""
+def parse_variants(spec: str, pad_s: float) -> dict[str, tuple[float, float, bool]]:
+    """``"0,10:1,10:2q"`` -> {name: (partial_window_s, partial_pad_s, int8)}; a missing pad is ``pad_s``."""
     out = {}
     for item in spec.split(","):
-        window, _, pad = item.partition(":")
-        out[item] = (float(window), float(pad) if pad else pad_s)
+        window, _, pad = item.rstrip("q").partition(":")
+        out[item] = (float(window), float(pad) if pad else pad_s, item.endswith("q"))
     return out
 
 
-def run_clip(backend: WhisperBackend, audio: Any, variants: dict[str, tuple[float, float]],
-             step_s: float) -> dict[str, dict[str, Any]]:
+def run_clip(backend: WhisperBackend, audio: Any, variants: dict[str, tuple[float, float, bool]],
+             step_s: float, int8_encoder: torch.nn.Module) -> dict[str, dict[str, Any]]:
     """Stream one clip through every variant in lockstep; their partials, final and CPU."""
-    base = backend.decoding
+    base, before, fp32_encoder = backend.decoding, backend._partial_encoder, backend.encoder
     windows = list(variants)
     decodings = {w: dataclasses.replace(base, partial_window_s=variants[w][0], partial_pad_s=variants[w][1])
                  for w in windows}
+
+    def use(w: str) -> None:
+        backend.decoding = decodings[w]
+        backend._partial_encoder = int8_encoder if variants[w][2] else fp32_encoder
+
     states = {}
     for w in windows:
-        backend.decoding = decodings[w]
+        use(w)
         states[w] = backend.new_utterance(UtteranceOptions(language="en", word_timestamps=True))
     out: dict[str, dict[str, Any]] = {w: {"partials": [], "cpu_ms": 0.0, "final_cpu_ms": 0.0} for w in windows}
     chunk = int(step_s * SAMPLE_RATE_HZ)
     try:
         for start in range(0, audio.size, chunk):
             for w in windows:
-                backend.decoding = decodings[w]
+                use(w)
                 states[w].append_audio(audio[start:start + chunk])
                 cpu0 = time.thread_time()
                 hyp = backend.step([states[w]])[0]
                 out[w]["cpu_ms"] += (time.thread_time() - cpu0) * 1000
                 out[w]["partials"].append((states[w].duration_s, hyp.stable_text, hyp.text))
         for w in windows:
-            backend.decoding = decodings[w]
+            use(w)
             cpu0 = time.thread_time()
             final = backend.finalize([states[w]])[0]
             out[w]["final_cpu_ms"] += (time.thread_time() - cpu0) * 1000
             out[w]["final"] = final.text
             out[w]["words"] = [(x.word, x.start_s, x.end_s) for x in final.words or []]
     finally:
-        backend.decoding = base
+        backend.decoding, backend._partial_encoder = base, before
     return out
 
 
@@ -151,11 +157,12 @@ def main() -> None:
     windows = list(variants)
     backend = WhisperBackend.from_embedded(args.model)
     backend.warmup()
+    int8_encoder = quantize_linear_int8(backend.encoder)
     runs, audio_s = [], 0.0
     for i, clip in enumerate(clips):
         audio = clip.load()[: int(backend.max_utterance_s * SAMPLE_RATE_HZ)]
         audio_s += audio.size / SAMPLE_RATE_HZ
-        runs.append(run_clip(backend, audio, variants, args.step_s))
+        runs.append(run_clip(backend, audio, variants, args.step_s, int8_encoder))
         print(f"[{i + 1}/{len(clips)}] {clip.id}: " + " | ".join(
             f"{w}: {runs[-1][w]['partials'][-1][2][:50]!r}" for w in windows), flush=True)
     summary = summarize(clips, runs, windows, audio_s)

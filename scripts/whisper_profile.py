@@ -7,9 +7,10 @@
 A variant is ``WINDOW[q][@THREADS]``: ``partial_window_s`` (0 = the full 30 s), ``q`` for the
 int8 partial encoder (``quantize="partials"``), ``@2`` for two torch threads.
 
-Partials: each row is a dev clip's first ``--partial-s`` seconds, stepped at 1 s, 2 s, ... so
-its stable prefix is what a stream would have, and the last step is timed. Finals: the
-clips' first ``--final-s`` seconds with word timestamps, so the DTW pass is timed too.
+Partials: each row is a different English dev-full clip's first ``--partial-s`` seconds,
+stepped at 1 s, 2 s, ... so its stable prefix is what a stream would have, and the last
+step is timed. Finals: the clips' first ``--final-s`` seconds with word timestamps, so the
+DTW pass is timed too.
 Each phase is timed in CPU milliseconds of the process (``time.process_time``: every torch
 thread, OpenMP's spinning included) and in wall milliseconds. CPU time moves much less than
 wall time when other processes share the cores. Variants run interleaved, the same work in
@@ -149,9 +150,12 @@ def applied(backend: WhisperBackend, variant: Variant, int8_encoder: torch.nn.Mo
 
 
 def clip_audio(batch: int, seconds: float) -> list[np.ndarray]:
-    """The first ``seconds`` of ``batch`` English dev clips (cycled; shorter clips are used whole)."""
-    clips = [c.load() for c in dev_clips() if c.language == "en"]
-    return [clips[i % len(clips)][: int(seconds * SAMPLE_RATE_HZ)] for i in range(batch)]
+    """The first ``seconds`` of ``batch`` English dev-full clips at least that long (so every row
+    has new audio at its timed step and none re-uses its last encoding)."""
+    clips = [c for c in dev_clips(full=True) if c.language == "en" and c.duration_s >= seconds + 0.5]
+    if len(clips) < batch:
+        raise SystemExit(f"only {len(clips)} English dev-full clips are {seconds} s long; ask for fewer rows")
+    return [c.load()[: int(seconds * SAMPLE_RATE_HZ)] for c in clips[:batch]]
 
 
 def time_partial(backend: WhisperBackend, timer: PhaseTimer, audios: list[np.ndarray]) -> dict[str, Any]:

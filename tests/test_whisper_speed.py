@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from streaming.evaluation import dev_clips, wer
+from streaming.evaluation import dev_clips, normalize_english, wer
 from streaming.models.base import SAMPLE_RATE_HZ, UtteranceOptions
 from streaming.models.options import WhisperDecodingOptions
 from streaming.models.whisper import LogMel, WhisperBackend, encode_window, partial_window_s
@@ -157,8 +157,10 @@ def test_finals_are_identical_with_short_window_partials_on_and_off(random_asset
     assert partials[2.0] != partials[0.0]  # the window did change the partials of this random model
 
 
-def test_a_batch_shares_its_longest_rows_window(random_assets):
-    backend = _backend(random_assets, partial_window_s=5.0)
+@pytest.mark.parametrize("quantize", ["none", "partials"])
+def test_a_batch_shares_its_longest_rows_window(random_assets, quantize):
+    """Rows decode as if alone when they share a window (int8 too: its activation scales are per row)."""
+    backend = _backend(random_assets, partial_window_s=5.0, quantize=quantize)
     same_window = [_state(backend, _noise(d, seed=10 + i)) for i, d in enumerate((0.5, 1.5, 3.0))]
     single = copy.deepcopy(same_window)
     batched = backend.step(same_window)
@@ -186,7 +188,7 @@ def test_an_undecided_language_is_read_over_the_full_window(random_assets):
 
 
 def test_quantized_partial_encoder_leaves_finals_and_the_assets_alone(random_assets):
-    plain = _backend(random_assets, partial_window_s=5.0)
+    plain = _backend(random_assets, partial_window_s=5.0, quantize="none")
     quantized = _backend(random_assets, partial_window_s=5.0, quantize="partials")
     linear = quantized._partial_encoder.layers[0].fc1
     assert "quantized" in type(linear).__module__
@@ -201,10 +203,15 @@ def test_quantized_partial_encoder_leaves_finals_and_the_assets_alone(random_ass
     assert whole.finalize([_state(whole, audio)])[0].stats["tokens"] > 0
 
 
-def test_quantize_needs_float32_on_cpu(random_assets):
-    with pytest.raises(ValueError, match="int8 for float32 on CPU"):
-        WhisperBackend(random_assets, dtype=torch.float16, decoding=WhisperDecodingOptions(quantize="encoder"))
+def test_quantize_needs_float32_on_cpu_and_the_default_gives_way(random_assets):
+    for quantize in ("encoder", "all"):
+        with pytest.raises(ValueError, match="int8 for float32 on CPU"):
+            WhisperBackend(random_assets, dtype=torch.float16, decoding=WhisperDecodingOptions(quantize=quantize))
     assert random_assets.model.dtype == torch.float32  # refused before the shared model was cast
+    assert WhisperDecodingOptions().quantize == "partials"
+    half = WhisperBackend(dataclasses.replace(random_assets, model=copy.deepcopy(random_assets.model)),
+                          dtype=torch.float16)
+    assert half._partial_encoder is half.encoder  # no int8 kernels for float16: the default keeps the encoder
 
 
 # ---------------------------------------------------------------- the real tiny.en on real speech
@@ -238,13 +245,15 @@ def test_tiny_en_short_window_partials_follow_the_full_window_and_finals_stay_id
     for clip_id in ("jfk", "lib_left"):
         audio = clips[clip_id].load()
         full_partials, full_final = _stream(_backend(tiny_en_assets, partial_window_s=0.0), audio)
-        short_partials, short_final = _stream(_backend(tiny_en_assets), audio)  # the default window
+        short_partials, short_final = _stream(_backend(tiny_en_assets, quantize="none"), audio)  # default window
         assert short_final.text == full_final.text and _words(short_final) == _words(full_final)
-        assert short_partials[-1][1] == full_partials[-1][1]  # the whole clip: the same partial text
+        # The whole clip: the same words (a short window drops some commas the full one writes).
+        assert wer([full_partials[-1][1]], [short_partials[-1][1]]) == 0.0, (full_partials[-1], short_partials[-1])
         texts_full, texts_short = [t for _, t in full_partials], [t for _, t in short_partials]
         assert wer(texts_full, texts_short) <= 0.10, (texts_full, texts_short)
-        stable = short_partials[-1][0]
-        assert full_final.text.startswith(stable) and len(stable.split()) >= 0.6 * len(full_final.text.split())
+        # What LocalAgreement made stable are the final's first words (punctuation aside), most of them.
+        stable, final = normalize_english(short_partials[-1][0]), normalize_english(full_final.text)
+        assert final.startswith(stable) and len(stable.split()) >= 0.6 * len(final.split()), (stable, final)
 
 
 @pytest.mark.slow

@@ -235,8 +235,11 @@ class WhisperBackend(Backend):
         self.multilingual = bool(assets.multilingual)
         self.tokenizer = assets.tokenizer
         quantize = self.decoding.quantize
-        if quantize != "none" and (self.device.type != "cpu" or dtype != torch.float32):
+        int8_ok = self.device.type == "cpu" and dtype == torch.float32
+        if quantize in ("encoder", "all") and not int8_ok:
             raise ValueError(f"quantize={quantize!r} is int8 for float32 on CPU; got {dtype} on {self.device}")
+        if quantize == "partials" and not int8_ok:
+            quantize = "none"  # the default: torch's int8 kernels are CPU ones, so a GPU keeps its float encoder
         self.model = assets.model.to(device=self.device, dtype=dtype).eval()
         if quantize in ("encoder", "all"):
             self.model = copy.deepcopy(self.model)  # the assets' model stays float32 for other backends
@@ -246,7 +249,7 @@ class WhisperBackend(Backend):
         self.encoder = self.model.get_encoder()
         self.decoder = self.model.get_decoder()
         self._partial_encoder = quantize_linear_int8(self.encoder) if quantize == "partials" else self.encoder
-        """The encoder of short-window partials (an int8 copy with ``quantize="partials"``)."""
+        """The encoder of short-window partials (an int8 copy with ``quantize="partials"`` on CPU)."""
         self.proj_weight = self.model.get_output_embeddings().weight  # [V, d]
         # On CPU a vector times a contiguous [d, V] matrix is ~3x faster than
         # F.linear's path for one row (measured with MKL); costs one copy of the
@@ -492,7 +495,11 @@ class WhisperBackend(Backend):
         own forward (finals as ever), a short one (partials) through :func:`encode_window`."""
         if feats.shape[-1] == self.log_mel.frames:
             return self.encoder(feats).last_hidden_state
-        return encode_window(self._partial_encoder, feats)
+        if self._partial_encoder is self.encoder:
+            return encode_window(self.encoder, feats)
+        # int8 scales each activation tensor by its own range: one row at a time, so that a row's
+        # partial does not depend on the rows batched with it.
+        return torch.cat([encode_window(self._partial_encoder, row[None]) for row in feats])
 
     def _partial_frames(self, states: list[WhisperUtteranceState]) -> int:
         """Mel frames a batch of partials encodes: the longest row's window, the full 30 s while a
