@@ -110,3 +110,44 @@ async def v1_final_texts(ws_url: str, parts: list[bytes], *, sample_rate: int, e
         async with asyncio.timeout(180):
             await asyncio.gather(send(), read())
     return texts
+
+
+def random_whisper_assets(tokenizer_json):
+    """A random 2-layer Whisper (d_model 64) with the real English Whisper tokenizer at ``tokenizer_json``.
+
+    Weights are drawn with a large std so the greedy output depends on the audio and varies
+    (the default init decodes every input as one repeated token); seeded, so it is the same model each time.
+    """
+    import torch
+    from transformers import (
+        PreTrainedTokenizerFast,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
+
+    from streaming.models.embedded import whisper_assets_from_pretrained
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), eos_token="<|endoftext|>",
+                                        bos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                                        pad_token="<|endoftext|>")
+    config = WhisperConfig(vocab_size=51864, d_model=64, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                           decoder_ffn_dim=128, num_mel_bins=80, init_std=0.3, decoder_start_token_id=50257,
+                           eos_token_id=50256, pad_token_id=50256, bos_token_id=50256)
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config).eval()
+    return whisper_assets_from_pretrained(model, tokenizer, WhisperFeatureExtractor(), "tiny-random")
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run single-threaded: on a shared 2-core box, OpenMP spinning makes 2 threads several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -318,7 +318,8 @@ def whisper_trace() -> dict[str, Any]:
     from streaming.models.whisper import WhisperBackend
 
     # Partials over the full 30 s window, as when the reference was recorded.
-    backend = WhisperBackend.from_embedded("tiny.en", decoding=WhisperDecodingOptions(partial_window_s=0.0))
+    backend = WhisperBackend.from_embedded("tiny.en", decoding=WhisperDecodingOptions(partial_window_s=0.0,
+                                                                                   quantize="none"))
     clips = {c.id: c.load() for c in dev_clips() if c.id in WHISPER_CLIPS}
     jobs = [(cid, UtteranceOptions(word_timestamps=(cid == "jfk"))) for cid in WHISPER_CLIPS]
     jobs.append(("jfk", UtteranceOptions(context="Americans, country")))
@@ -341,28 +342,14 @@ def whisper_trace() -> dict[str, Any]:
 
 def random_whisper_trace() -> dict[str, Any]:
     """A random 2-layer Whisper (real English tokenizer) on noise and speech: its decodes hit the caps and loops."""
-    from transformers import (
-        PreTrainedTokenizerFast,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-    )
-
     from streaming.evaluation import dev_clips
-    from streaming.models.embedded import EMBEDDED_MODELS, whisper_assets_from_pretrained
+    from streaming.models.embedded import EMBEDDED_MODELS
+    from streaming.models.options import WhisperDecodingOptions
     from streaming.models.whisper import WhisperBackend
+    from tests.helpers import random_whisper_assets
 
-    tokenizer_json = EMBEDDED_MODELS["tiny.en"].sources().tokenizer_json
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), eos_token="<|endoftext|>",
-                                        bos_token="<|endoftext|>", unk_token="<|endoftext|>",
-                                        pad_token="<|endoftext|>")
-    config = WhisperConfig(vocab_size=51864, d_model=64, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
-                           decoder_ffn_dim=128, num_mel_bins=80, init_std=0.3, decoder_start_token_id=50257,
-                           eos_token_id=50256, pad_token_id=50256, bos_token_id=50256)
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(config).eval()
-    backend = WhisperBackend(whisper_assets_from_pretrained(model, tokenizer, WhisperFeatureExtractor(), "tiny-random"))
+    assets = random_whisper_assets(EMBEDDED_MODELS["tiny.en"].sources().tokenizer_json)
+    backend = WhisperBackend(assets, decoding=WhisperDecodingOptions(partial_window_s=0.0, quantize="none"))
     rng = np.random.default_rng(0)
     speech = dev_clips()[0].load()
     audios = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (8_000, 32_000, 64_000)] + [speech]

@@ -17,11 +17,10 @@ from streaming.models.whisper import LogMel, WhisperBackend, encode_window, part
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread():
-    """Tests run single-threaded: on a shared 2-core box, OpenMP spinning makes 2 threads far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    from tests.helpers import one_torch_thread
+
+    with one_torch_thread():
+        yield
 
 
 def _noise(seconds: float, seed: int, level: float = 0.1) -> np.ndarray:
@@ -32,25 +31,14 @@ def _noise(seconds: float, seed: int, level: float = 0.1) -> np.ndarray:
 @pytest.fixture(scope="module")
 def random_assets():
     """A random 2-layer Whisper (d_model 64) with the real English tokenizer; large weights so text varies."""
-    from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor
-    from transformers import WhisperForConditionalGeneration
-
-    from streaming.models.embedded import EMBEDDED_MODELS, whisper_assets_from_pretrained
+    from streaming.models.embedded import EMBEDDED_MODELS
+    from tests.helpers import random_whisper_assets
 
     try:
         tokenizer_json = EMBEDDED_MODELS["tiny.en"].sources().tokenizer_json
     except Exception as exc:  # noqa: BLE001 - the model package may be absent on a bare machine
         pytest.skip(f"embedded tiny.en tokenizer unavailable: {exc}")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), eos_token="<|endoftext|>",
-                                        bos_token="<|endoftext|>", unk_token="<|endoftext|>",
-                                        pad_token="<|endoftext|>")
-    config = WhisperConfig(vocab_size=51864, d_model=64, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
-                           decoder_ffn_dim=128, num_mel_bins=80, init_std=0.3, decoder_start_token_id=50257,
-                           eos_token_id=50256, pad_token_id=50256, bos_token_id=50256)
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(config).eval()
-    return whisper_assets_from_pretrained(model, tokenizer, WhisperFeatureExtractor(), "tiny-random")
+    return random_whisper_assets(tokenizer_json)
 
 
 def _backend(assets, **fields) -> WhisperBackend:
