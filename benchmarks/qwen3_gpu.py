@@ -108,7 +108,7 @@ def step_times(backend: Qwen3ASRBackend, batches: list[int], context: int, max_l
                      **_time_ms(fn, backend.device, iters)}
             rows.append(r)
             log.info("step %s batch=%d: %.2f ms", mode, b, r["ms_median"])
-    del slots
+    slots = None  # the pool is freed before the streams part builds its own
     if backend.device.type == "cuda":
         torch.cuda.empty_cache()
     return rows

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 
 import numpy as np
 import psutil
