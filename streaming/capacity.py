@@ -321,7 +321,9 @@ class Admission:
         if in_use >= self.capacity:
             return Decision(False, f"all {self.capacity} streams of capacity are in use",
                             self._bounded(self._slot_frees_in_s(in_use)))
-        if not self.gate.healthy:
+        if not self.gate.healthy and in_use > 0:
+            # With no stream in, the load is someone else's (file jobs, a just-ended burst): refusing
+            # the first stream would only keep the server empty, so the gate holds back the second on.
             return Decision(False, self.gate.reason, self._bounded(self.gate.retry_after_s(now_s)))
         return Decision(True)
 
@@ -342,7 +344,7 @@ class Admission:
     def describe(self, in_use: int) -> dict[str, Any]:
         """The ``capacity`` section of ``/v1/info``."""
         facts: dict[str, Any] = {"streams": self.capacity, "in_use": in_use,
-                                 "available": max(0, self.capacity - in_use) if self.gate.healthy else 0,
+                                 "available": max(0, self.capacity - in_use) if self.gate.healthy else int(in_use == 0),
                                  "source": self.source, "healthy": self.gate.healthy,
                                  "latency_target_s": self.policy.latency_target_s,
                                  "max_busy_fraction": self.policy.max_busy_fraction}

@@ -165,6 +165,13 @@ def test_unhealthy_load_refuses_below_capacity_and_recovers():
     assert admission.describe(1)["available"] == 3
 
 
+def test_an_unhealthy_load_never_refuses_the_first_stream():
+    admission = Admission(POLICY, configured=4)
+    admission.observe(Load(busy_fraction=1.0, final_wait_s=5.0), now_s=0.0)
+    assert admission.decide(0, 0.0).admit
+    assert not admission.decide(1, 0.0).admit
+
+
 def test_configured_capacity_is_capped_and_never_recalibrated():
     admission = Admission(replace(POLICY, max_streams=3), configured=10)
     assert admission.capacity == 3
