@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 import sys
 
-from streaming.cli import _add_model_args, config_from_args
+from streaming.cli import add_config_arguments, config_from_args
 from streaming.config import ConfigError
 from streaming.logs import setup_logging
 
@@ -16,6 +16,11 @@ STANDALONE = {
     "qwen3-gpu": ("benchmarks.qwen3_gpu", "Qwen3-ASR GPU path benchmark (own options: qwen3-gpu --help)"),
 }
 """Benchmarks with their own argument parser (no server, no configured model): name -> (module, help)."""
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """The configuration flags of a tool that loads the configured model but serves nothing."""
+    add_config_arguments(p, skip_groups=("server", "security"))
 
 
 def _standalone() -> dict[str, tuple[str, str]]:

@@ -123,11 +123,6 @@ def _help(knob: Knob) -> str:
     return f"{text} ({'; '.join(notes)})" if notes else text
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    """The flags of a tool that loads the configured model but serves nothing (the benchmarks)."""
-    add_config_arguments(p, skip_groups=("server", "security"))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m streaming",
                                      description="Real-time streaming speech-recognition server.")
