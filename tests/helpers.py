@@ -151,3 +151,11 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def noise(seconds: float, seed: int, level: float = 0.1):
+    """Seeded Gaussian noise at 16 kHz (float32): audio that is not speech, the same every run."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return (level * rng.standard_normal(int(seconds * 16_000))).astype(np.float32)

@@ -26,9 +26,7 @@ def _one_torch_thread():
         yield
 
 
-def _noise(seconds: float, seed: int, level: float = 0.1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (level * rng.standard_normal(int(seconds * SAMPLE_RATE_HZ))).astype(np.float32)
+from tests.helpers import noise as _noise  # noqa: E402 - seeded Gaussian noise at 16 kHz
 
 
 @pytest.fixture(scope="module")
