@@ -21,7 +21,7 @@ from .models.options import Qwen3Options, WhisperDecodingOptions
 from .protocol import shown as _shown
 
 __all__ = ["MAX_CONTEXT_CHARS", "SECTIONS", "SESSION_FIELDS", "Config", "ConfigError", "EngineOptions",
-           "ModelOptions", "Qwen3Options", "ServerOptions", "SessionOptions", "StartField", "VadOptions",
+           "ModelOptions", "Qwen3Options", "ServerOptions", "SessionOptions", "StartField", "TurnModelOptions", "VadOptions",
            "WhisperDecodingOptions", "apply_session_fields", "copy_options", "load_config",
            "session_field_info", "set_field"]
 
@@ -175,7 +175,23 @@ class VadOptions:
     """Unvoiced audio that ends an utterance."""
     endpointing: bool = opt(True, start=True)
     """End utterances at pauses; false = manual mode, where only ``finalize``, ``stop`` and the
-    ``max_utterance_s`` cut end one."""
+    ``max_utterance_s`` cut end one (the same as ``turn_detection = "manual"``)."""
+    turn_detection: str = opt("silence", choices=("silence", "smart", "manual"), start=True,
+                              flag="--turn-detection")
+    """How a turn (utterance) ends: ``silence`` (after ``endpoint_silence_ms`` of silence), ``smart``
+    (the Smart Turn model judges each pause of ``turn_pause_ms``; ``turn_max_silence_ms`` at most) or
+    ``manual`` (only ``finalize``, ``stop`` and the ``max_utterance_s`` cut)."""
+    turn_eagerness: str = opt("auto", choices=("low", "medium", "high", "auto"), start=True)
+    """Smart mode: how readily a pause ends the turn (``high`` ends sooner and cuts in more often;
+    ``auto`` = ``medium``); sets the turn model's thresholds (``streaming/turns.py``)."""
+    turn_pause_ms: int = opt(150, low=60, high=2000, start=True)
+    """Smart mode: silence after which the turn model judges whether the turn is complete."""
+    turn_max_silence_ms: int = opt(2000, low=200, high=10_000, start=True)
+    """Smart mode: the longest pause a turn survives when the model says incomplete (stream audio,
+    and wall clock while the client sends nothing)."""
+    eager_end_of_turn: bool = opt(False, start=True)
+    """Smart mode: send ``eager_end_of_turn`` with the transcript when a pause probably ends the turn
+    (``turn_resumed`` takes it back if speech follows; the final then reuses that decode)."""
     preroll_ms: int = opt(150, low=0, high=1000, start=True)
     """Audio kept before the detected start so first words are not clipped."""
     max_utterance_s: float = opt(25.0, low=2.0, high=120.0, start=True)
@@ -184,6 +200,17 @@ class VadOptions:
     """Silero VAD probability that confirms webrtcvad's voiced frames as speech; 0 = webrtcvad alone."""
     speech_hold_ms: int = 600
     """How long after Silero's last speech chunk webrtcvad's voiced frames still count as speech."""
+
+
+@dataclass
+class TurnModelOptions:
+    """The end-of-turn model of ``turn_detection = "smart"`` (Smart Turn v3.2, ONNX)."""
+
+    path: str = opt("", metavar="ONNX")
+    """The model file; empty = the copy ``scripts/setup.sh`` takes from the pipecat-ai wheel
+    (``<venv>/share/streaming-asr/smart-turn-v3.2-cpu.onnx``)."""
+    threads: int = opt(1, low=1, high=64)
+    """onnxruntime intra-op threads of the turn model's worker thread."""
 
 
 @dataclass
@@ -199,6 +226,8 @@ class Config:
     """Decoding knobs of the Whisper backends (embedded and transformers checkpoints)."""
     qwen3_asr: Qwen3Options = field(default_factory=Qwen3Options)
     """Knobs of the Qwen3-ASR backend."""
+    turn_model: TurnModelOptions = field(default_factory=TurnModelOptions)
+    """The end-of-turn model of smart turn detection."""
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(Config)

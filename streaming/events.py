@@ -95,7 +95,9 @@ class SpeechEnded:
     utterance_id: int
     end_s: float
     reason: str
-    """``endpoint`` (a pause), ``max_length`` (a length cut), ``finalize`` or ``stream_end``."""
+    """``endpoint`` (a pause), ``end_of_turn`` (smart mode: the turn model judged the turn complete),
+    ``max_silence`` (smart mode: a pause reached ``turn_max_silence_ms``), ``max_length`` (a length
+    cut), ``finalize`` or ``stream_end``."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,28 @@ class Final:
     """Word timings in stream time, when the session asked for them."""
     word_timing: str | None = None
     """How the word times were found (see :attr:`streaming.results.FinalResult.word_timing`)."""
+
+
+@dataclass(frozen=True)
+class EagerEndOfTurn:
+    """Smart mode, ``eager_end_of_turn`` on: the pause probably ends the turn. ``text`` is what the
+    final will say if no speech follows (the final then reuses this decode); a :class:`TurnResumed`
+    takes it back. At most one per pause."""
+
+    utterance_id: int
+    text: str
+    start_s: float
+    end_s: float
+    """Stream time of the audio the text covers (up to the pause)."""
+
+
+@dataclass(frozen=True)
+class TurnResumed:
+    """Speech came back after an :class:`EagerEndOfTurn`: the utterance goes on, its final comes later."""
+
+    utterance_id: int
+    at_s: float
+    """Stream time where the speech resumed."""
 
 
 @dataclass(frozen=True)
@@ -162,5 +186,5 @@ class Ended:
     audio_s: float
 
 
-Event = (Ready | Configured | SpeechStarted | SpeechEnded | Partial | Final | Finalized | Cleared | Error
-         | Ended)
+Event = (Ready | Configured | SpeechStarted | SpeechEnded | Partial | Final | EagerEndOfTurn | TurnResumed
+         | Finalized | Cleared | Error | Ended)
