@@ -10,7 +10,13 @@ audio chunks, and the futures, settled on their loop with ``call_soon_threadsafe
 event loop never runs model code.
 
 A batch that raises is retried item by item, so one poisoned utterance fails alone and
-the others of its batch still get their results. :meth:`Engine.backlog` tells the server
+the others of its batch still get their results.
+
+Smart turn detection adds two kinds of work. An *eager* decode (:meth:`Engine.request_eager`)
+is the final of an utterance that stays open; when no audio follows it, the utterance's final
+is that result, without a second decode. The end-of-turn model (:meth:`Engine.score_turn`)
+runs on a thread of its own: a score takes tens of milliseconds and must not wait behind a
+model batch. :meth:`Engine.backlog` tells the server
 how much work one session has waiting (it stops reading a client that sends faster than
 the engine decodes), :meth:`Engine.load` how loaded the whole engine is (admission).
 """
@@ -33,6 +39,7 @@ from .scheduler import Backlog, Batch, EngineLoad, Requested, Scheduler, WorkKin
 
 if TYPE_CHECKING:  # the engine holds a backend, it never imports one: the server hands it over
     from .models.base import Backend, UtteranceState
+    from .smart_turn import SmartTurnModel as TurnModel
 
 __all__ = ["Backlog", "Engine", "EngineClosed", "EngineLoad", "EngineStats", "WorkKind"]
 
@@ -53,6 +60,8 @@ class _Slot:
     audio: list[np.ndarray] = field(default_factory=list)
     waiting: dict[WorkKind, asyncio.Future] = field(default_factory=dict)
     running: dict[WorkKind, asyncio.Future] = field(default_factory=dict)
+    eager_result: object | None = None
+    """The latest eager decode's result (the final while no audio follows it)."""
 
 
 @dataclass
@@ -71,14 +80,25 @@ class EngineStats:
     """Partial requests held back while finals were overloaded (decoded later, with all audio)."""
     partials_dropped: int = 0
     """Partials answered with nothing because the utterance's final was requested (stale)."""
+    eager_batches: int = 0
+    finals_from_eager: int = 0
+    """Finals answered by an eager decode of the same audio (no second decode)."""
+    turn_scores: int = 0
+    """End-of-turn model calls (items)."""
 
 
 class Engine:
     """Owns a :class:`Backend`; see the module docstring."""
 
     def __init__(self, backend: Backend, max_batch: int = 8, threads: int = 0, partial_batch_s: float = 0.5,
-                 partial_shed_s: float = 1.0) -> None:
+                 partial_shed_s: float = 1.0, turn_model: TurnModel | None = None) -> None:
         self.backend = backend
+        self.turn_model = turn_model
+        """The end-of-turn model (``score(audios) -> probabilities``) of smart turn detection, if loaded."""
+        self._turns: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._turn_cond = threading.Condition()
+        """Guards ``_turns`` (apart from ``_cond``: a notify must never wake the wrong worker)."""
+        self._turn_thread: threading.Thread | None = None
         self.max_batch = max(1, max_batch)
         self.threads = threads
         self.partial_batch_s = partial_batch_s
@@ -100,6 +120,9 @@ class Engine:
         self._running = True
         self._thread = threading.Thread(target=self._run, name="inference-worker", daemon=True)
         self._thread.start()
+        if self.turn_model is not None:
+            self._turn_thread = threading.Thread(target=self._run_turns, name="turn-worker", daemon=True)
+            self._turn_thread.start()
 
     def stop(self) -> None:
         with self._cond:
@@ -109,11 +132,17 @@ class Engine:
             for slot in slots:
                 self._scheduler.discard(slot.key)
             self._cond.notify_all()
+        with self._turn_cond:
+            turns, self._turns = self._turns, []
+            self._turn_cond.notify_all()
         for slot in slots:
             _settle_all(slot.waiting, exc=EngineClosed("engine stopped"))
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        for _, future in turns:
+            _settle(future, exc=EngineClosed("engine stopped"))
+        for thread in (self._thread, self._turn_thread):
+            if thread is not None:
+                thread.join(timeout=30)
+        self._thread = self._turn_thread = None
 
     # ---- figures (any thread) ----------------------------------------------------------------
 
@@ -158,9 +187,14 @@ class Engine:
         """Add audio to an open utterance (ignored once it is discarded or finished)."""
         with self._cond:
             slot = self._slots.get(key)
-            if slot is not None:
-                slot.audio.append(audio)
-                self._scheduler.feed(key, audio.size)
+            if slot is None:
+                return
+            slot.audio.append(audio)
+            self._scheduler.feed(key, audio.size)
+            if audio.size:
+                slot.eager_result = None
+                if self._scheduler.cancel(key, WorkKind.EAGER):  # speculation on audio that has grown
+                    _settle(slot.waiting.pop(WorkKind.EAGER, None), value=None)
 
     def request_partial(self, key: Hashable) -> asyncio.Future:
         """A hypothesis over all audio fed by the time it runs; resolves to None if it became stale."""
@@ -169,6 +203,23 @@ class Engine:
     def request_final(self, key: Hashable) -> asyncio.Future:
         """The utterance's final result; the utterance is closed once it is delivered."""
         return self._request(key, WorkKind.FINAL)
+
+    def request_eager(self, key: Hashable) -> asyncio.Future:
+        """The final of the audio fed so far, the utterance staying open; None if dropped (overload,
+        new audio, or the final asked for first). A final with no audio since is this result."""
+        return self._request(key, WorkKind.EAGER)
+
+    def score_turn(self, audio: np.ndarray) -> asyncio.Future:
+        """The end-of-turn model's probability that the turn ending ``audio`` is complete."""
+        future = asyncio.get_running_loop().create_future()
+        with self._turn_cond:
+            if self.turn_model is None or not self._running:
+                future.set_exception(EngineClosed("no end-of-turn model" if self.turn_model is None
+                                                  else "engine stopped"))
+                return future
+            self._turns.append((audio, future))
+            self._turn_cond.notify()
+        return future
 
     def discard(self, key: Hashable) -> None:
         """Forget an utterance (client gone); its pending futures fail with EngineClosed."""
@@ -188,8 +239,19 @@ class Engine:
             outcome = self._scheduler.request(key, kind, time.monotonic())
             if outcome.dropped_partial:
                 _settle(slot.waiting.pop(WorkKind.PARTIAL, None), value=None)
+            if outcome.dropped_eager:
+                _settle(slot.waiting.pop(WorkKind.EAGER, None), value=None)
             if outcome.status is Requested.STALE:
                 future.set_result(None)
+                return future
+            if outcome.status is Requested.REUSED:
+                self._slots.pop(key, None)
+                self._stats.finals_from_eager += 1
+                future.set_result(slot.eager_result)
+                return future
+            if outcome.status is Requested.FROM_EAGER:
+                self._stats.finals_from_eager += 1
+                slot.running[WorkKind.FINAL] = future  # settled with the running eager decode's outcome
                 return future
             if outcome.status is Requested.JOINED:
                 # Share the answer; a future its caller cancelled is replaced where it sits.
@@ -275,9 +337,35 @@ class Engine:
             return exc
         return None
 
+    def _run_turns(self) -> None:
+        """The end-of-turn model's worker: every score waiting, in one batch, FIFO."""
+        while True:
+            with self._turn_cond:
+                while self._running and not self._turns:
+                    self._turn_cond.wait()
+                if not self._running:
+                    return
+                work, self._turns = self._turns, []
+            try:
+                scores = self.turn_model.score([audio for audio, _ in work])
+            except Exception as exc:  # noqa: BLE001 - a failed score leaves the pause to its maximum silence
+                log.error("end-of-turn model failed on %d item(s): %r", len(work), exc)
+                for _, future in work:
+                    _settle(future, exc=exc)
+                continue
+            with self._cond:
+                self._stats.turn_scores += len(work)
+            for (_, future), score in zip(work, scores, strict=True):
+                _settle(future, value=float(score))
+
     def _call_backend(self, slots: list[_Slot], kind: WorkKind) -> list:
         states = [slot.state for slot in slots]
-        results = self.backend.finalize(states) if kind is WorkKind.FINAL else self.backend.step(states)
+        if kind is WorkKind.FINAL:
+            results = self.backend.finalize(states)
+        elif kind is WorkKind.EAGER:
+            results = self.backend.finalize_open(states)
+        else:
+            results = self.backend.step(states)
         if len(results) != len(states):
             raise RuntimeError(f"backend returned {len(results)} results for {len(states)} utterances")
         return results
@@ -304,12 +392,19 @@ class Engine:
                     orphans.append((slot, outcome if isinstance(outcome, Exception) else EngineClosed("closed")))
             self._count(batch, len(failed), elapsed)
             running = [slot.running.pop(batch.kind, None) for slot, _ in work]
+            joined: list[asyncio.Future | None] = [None] * len(work)
+            if batch.kind is WorkKind.EAGER:
+                for i, ((slot, _), outcome) in enumerate(zip(work, outcomes, strict=True)):
+                    joined[i] = slot.running.pop(WorkKind.FINAL, None)  # a final that joined this decode
+                    if not isinstance(outcome, Exception) and key_open(self._slots, slot):
+                        slot.eager_result = outcome
             self._cond.notify()
-        for future, outcome in zip(running, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                _settle(future, exc=outcome)
-            else:
-                _settle(future, value=outcome)
+        for future, final, outcome in zip(running, joined, outcomes, strict=True):
+            for f in (future, final):
+                if isinstance(outcome, Exception):
+                    _settle(f, exc=outcome)
+                else:
+                    _settle(f, value=outcome)
         for slot, exc in orphans:
             _settle_all(slot.waiting, exc=exc)
 
@@ -324,8 +419,15 @@ class Engine:
         st.max_batch_seen = max(st.max_batch_seen, len(batch.items))
         if batch.kind is WorkKind.FINAL:
             st.final_batches += 1
+        elif batch.kind is WorkKind.EAGER:
+            st.eager_batches += 1
         else:
             st.partial_batches += 1
+
+
+def key_open(slots: dict[Hashable, _Slot], slot: _Slot) -> bool:
+    """Whether ``slot`` is still the engine's open utterance for its key (not closed or discarded)."""
+    return slots.get(slot.key) is slot
 
 
 def _settle_all(futures: dict[WorkKind, asyncio.Future], exc: BaseException) -> None:

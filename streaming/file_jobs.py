@@ -170,8 +170,10 @@ class TranscriptionService:
         self.metrics = metrics
         self.limits = limits
         backend = engine.backend
-        self.vad = dataclasses.replace(config.vad, max_utterance_s=min(config.vad.max_utterance_s,
-                                                                       backend.max_utterance_s))
+        # A file has no turns to take: smart turn detection (live sessions) cuts it at endpoint_silence_ms.
+        turns = "silence" if config.vad.turn_detection == "smart" else config.vad.turn_detection
+        self.vad = dataclasses.replace(config.vad, turn_detection=turns,
+                                       max_utterance_s=min(config.vad.max_utterance_s, backend.max_utterance_s))
         self.jobs = 0
         """Jobs running now."""
         self._ids = itertools.count(1)

@@ -77,6 +77,15 @@ class Link:
     def final_ready(self, utterance_id: int, result: FinalResult) -> list[LinkAction]:
         return self._translate(self.session.final_ready(utterance_id, result))
 
+    def turn_scored(self, utterance_id: int, pause: int, probability: float | None) -> list[LinkAction]:
+        return self._translate(self.session.turn_scored(utterance_id, pause, probability))
+
+    def eager_ready(self, utterance_id: int, pause: int, result: FinalResult | None) -> list[LinkAction]:
+        return self._translate(self.session.eager_ready(utterance_id, pause, result))
+
+    def wake(self) -> list[LinkAction]:
+        return self._translate(self.session.wake())
+
     # ---- plumbing --------------------------------------------------------------------------------
 
     def _decoded(self, decode: Callable[[], list[Any]], during: str) -> list[LinkAction]:

@@ -5,7 +5,14 @@ time takes ``now_s`` (the worker passes ``time.monotonic()``, tests a fake clock
 worker (:mod:`streaming.engine`) asks :meth:`Scheduler.next_batch`, runs the batch and
 reports :meth:`Scheduler.done`. The policy:
 
-- **Finals before partials**: a final is what a user waits for at an endpoint.
+- **Finals before eager decodes before partials**: a final is what a user waits for at an
+  endpoint; an *eager* decode (smart turn detection: the final of a still-open utterance at a
+  pause that probably ends the turn) is speculative, so it never holds a final back.
+- **An eager decode is the final when nothing followed it**: a final asked for while the
+  eager decode of the same audio runs joins it, and one asked for after it finished (no audio
+  fed since) is answered by it at once. New audio makes a waiting eager decode stale.
+- **Eager decodes are dropped first under overload**: asked for while shedding (below), one
+  is answered with nothing; a waiting one does not run while shedding.
 - **Round-robin between groups** (sessions) within a kind: the group that waited longest
   since its last turn goes first, one item per group, and only then is the batch filled
   oldest request first; so a session flooding the engine gets one turn per round.
@@ -43,6 +50,8 @@ class WorkKind(Enum):
 
     PARTIAL = "partial"
     FINAL = "final"
+    EAGER = "eager"
+    """A final of an utterance that stays open (smart turn detection's eager end of turn)."""
 
 
 class Requested(Enum):
@@ -53,7 +62,13 @@ class Requested(Enum):
     JOINED = "joined"
     """One of that kind already waits (a final: or runs) for the utterance: it answers both."""
     STALE = "stale"
-    """A partial for an utterance whose final is already asked for: answer it with nothing."""
+    """A partial or eager decode for an utterance whose final is already asked for, or an eager
+    decode asked for under overload: answer it with nothing."""
+    FROM_EAGER = "from_eager"
+    """A final whose audio the running eager decode already covers: that decode answers it."""
+    REUSED = "reused"
+    """A final whose audio a finished eager decode covered: answer it with that result; the
+    utterance is closed."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,8 @@ class RequestOutcome:
     status: Requested
     dropped_partial: bool = False
     """A final request dropped the utterance's waiting partial: answer that one with nothing."""
+    dropped_eager: bool = False
+    """A final request dropped the utterance's waiting eager decode: answer that one with nothing."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +169,10 @@ class _Utterance:
     batch: int | None = None
     final_asked: bool = False
     """A final was requested (waiting or running): later partials are stale."""
+    eager_fresh: bool = False
+    """An eager decode finished and no audio was fed since: it is the final."""
+    final_joins_eager: bool = False
+    """The final was asked for while an eager decode of the same audio ran: that batch closes it."""
 
 
 class Scheduler:
@@ -173,7 +194,7 @@ class Scheduler:
         self._turns = itertools.count(1)
         self._last_turn: dict[Hashable, int] = {}
         """Group → the turn it last had an item in a batch (round-robin between sessions)."""
-        self._item_s = {WorkKind.PARTIAL: 0.0, WorkKind.FINAL: 0.0}
+        self._item_s = {kind: 0.0 for kind in WorkKind}
         self._busy: deque[tuple[float, float]] = deque()
         """(start_s, end_s) of finished batches that may still overlap the load window."""
         self._in_flight: dict[int, Batch] = {}
@@ -196,7 +217,14 @@ class Scheduler:
         if utt is None:
             return False
         utt.samples += samples
+        if samples:
+            utt.eager_fresh = False
         return True
+
+    def cancel(self, key: Hashable, kind: WorkKind) -> bool:
+        """Withdraw a waiting (not running) request; True when one was waiting (answer it with nothing)."""
+        utt = self._utterances.get(key)
+        return utt is not None and utt.waiting.pop(kind, None) is not None
 
     def request(self, key: Hashable, kind: WorkKind, now_s: float) -> RequestOutcome:
         """Ask for a partial or the final of an open utterance (KeyError if it is not open)."""
@@ -210,17 +238,37 @@ class Scheduler:
             if kind in utt.waiting:
                 self._count(coalesced=1)
                 return RequestOutcome(Requested.JOINED)
+        elif kind is WorkKind.EAGER:
+            if utt.final_asked or self.shedding(now_s):
+                self._count(dropped=1)
+                return RequestOutcome(Requested.STALE)
+            if kind in utt.waiting or utt.running is kind:
+                return RequestOutcome(Requested.JOINED)
         elif utt.final_asked:
             return RequestOutcome(Requested.JOINED)
-        dropped = False
-        if kind is WorkKind.FINAL:
-            utt.final_asked = True
-            dropped = utt.waiting.pop(WorkKind.PARTIAL, None) is not None
-            if dropped:
-                self._count(dropped=1)
+        else:
+            return self._request_final(key, utt, now_s)
         utt.waiting[kind] = _Request(now_s, next(self._order))
         self._observe(now_s)
-        return RequestOutcome(Requested.QUEUED, dropped_partial=dropped)
+        return RequestOutcome(Requested.QUEUED)
+
+    def _request_final(self, key: Hashable, utt: _Utterance, now_s: float) -> RequestOutcome:
+        """A final: from the eager decode of the same audio when there is one, else queued."""
+        utt.final_asked = True
+        dropped = utt.waiting.pop(WorkKind.PARTIAL, None) is not None
+        if dropped:
+            self._count(dropped=1)
+        if utt.samples == 0 and utt.running is WorkKind.EAGER:
+            utt.final_joins_eager = True
+            return RequestOutcome(Requested.FROM_EAGER, dropped_partial=dropped)
+        if utt.samples == 0 and utt.eager_fresh and utt.running is None:
+            del self._utterances[key]
+            self._forget_idle_groups()
+            return RequestOutcome(Requested.REUSED, dropped_partial=dropped)
+        dropped_eager = utt.waiting.pop(WorkKind.EAGER, None) is not None
+        utt.waiting[WorkKind.FINAL] = _Request(now_s, next(self._order))
+        self._observe(now_s)
+        return RequestOutcome(Requested.QUEUED, dropped_partial=dropped, dropped_eager=dropped_eager)
 
     def discard(self, key: Hashable) -> bool:
         """Forget an utterance (its session is gone); a batch it is in finishes without it."""
@@ -236,10 +284,13 @@ class Scheduler:
     def next_batch(self, now_s: float) -> Batch | None:
         """Take the next batch to run, or None when nothing may run now (see :meth:`next_wake_s`)."""
         self._observe(now_s)
-        for kind in (WorkKind.FINAL, WorkKind.PARTIAL):
+        shedding = self.shedding(now_s)
+        for kind in (WorkKind.FINAL, WorkKind.EAGER, WorkKind.PARTIAL):
+            if kind is WorkKind.EAGER and shedding:
+                continue
             ready = [(key, utt) for key, utt in self._utterances.items()
                      if kind in utt.waiting and utt.running is None]
-            if kind is WorkKind.PARTIAL and self.shedding(now_s):
+            if kind is WorkKind.PARTIAL and shedding:
                 ready = self._eligible_while_shedding(ready, now_s)
             if ready:
                 return self._take(kind, ready, now_s)
@@ -271,9 +322,11 @@ class Scheduler:
             if utt is None or utt.batch != batch.number:
                 continue  # discarded while it ran
             utt.running, utt.batch = None, None
-            if batch.kind is WorkKind.FINAL or key in failed:
+            if batch.kind is WorkKind.FINAL or key in failed or utt.final_joins_eager:
                 del self._utterances[key]
                 closed.append(key)
+            elif batch.kind is WorkKind.EAGER:
+                utt.eager_fresh = utt.samples == 0
         self._forget_idle_groups()
         self._observe(now_s)
         return closed
@@ -389,7 +442,7 @@ class Scheduler:
         for utt in self._utterances.values():
             if utt.group != group:
                 continue
-            finals += WorkKind.FINAL in utt.waiting or utt.running is WorkKind.FINAL
+            finals += WorkKind.FINAL in utt.waiting or utt.running is WorkKind.FINAL or utt.final_joins_eager
             if utt.waiting:
                 samples += utt.samples
         return Backlog(finals, samples / SAMPLE_RATE_HZ)

@@ -42,8 +42,8 @@ from .link import Link, LinkAction, Send
 from .outbox import Outbox, Outgoing
 from .protocol import ProtocolError, protocol_facts
 from .results import FinalResult
-from .session import (Close, DiscardUtterance, FeedAudio, ModelInfo, OpenUtterance, RequestFinal, RequestPartial,
-                      Session)
+from .session import (Close, DiscardUtterance, FeedAudio, ModelInfo, OpenUtterance, RequestEager, RequestFinal,
+                      RequestPartial, ScoreTurn, Session, Wake)
 
 if TYPE_CHECKING:
     from .models.base import Backend
@@ -60,10 +60,14 @@ class StreamingServer:
     def __init__(self, backend: Backend, config: Config) -> None:
         self.backend = backend
         self.config = config
+        self.turn_model = _load_turn_model(config)
+        """The end-of-turn model of ``turn_detection = "smart"`` (None: not installed; smart is refused)."""
         self.engine = Engine(backend, max_batch=config.engine.max_batch, threads=config.model.threads,
-                             partial_batch_s=config.engine.partial_batch_s, partial_shed_s=config.engine.partial_shed_s)
+                             partial_batch_s=config.engine.partial_batch_s, partial_shed_s=config.engine.partial_shed_s,
+                             turn_model=self.turn_model)
         self.model_info = ModelInfo(backend.name, backend.supports_window, backend.max_utterance_s,
-                                    backend.validate_options)
+                                    backend.validate_options, turn_model=self.turn_model is not None,
+                                    eager_decodes=backend.supports_eager)
         self.web_dir = Path(config.server.web_dir) if config.server.web_dir else REPO_ROOT / "web"
         self.sessions: dict[str, _Connection] = {}
         """Started sessions (admitted at their ``start``)."""
@@ -162,6 +166,9 @@ class StreamingServer:
             "defaults": {"language": cfg.session.language, "step_s": cfg.session.step_s,
                          "window_s": cfg.session.window_s, "endpoint_silence_ms": cfg.vad.endpoint_silence_ms},
             "start_fields": session_field_info(),
+            "turn_detection": {"modes": ["silence", "manual"] + (["smart"] if self.turn_model else []),
+                               "turn_model": self.turn_model.name if self.turn_model else None,
+                               "eager_end_of_turn": bool(self.turn_model) and self.backend.supports_eager},
             "limits": {"max_sessions": cfg.server.max_sessions, "max_message_bytes": cfg.server.max_message_bytes,
                        "idle_timeout_s": cfg.server.idle_timeout_s},
             "auth": {"required": self.keyring.enabled, "subprotocol": auth.SUBPROTOCOL,
@@ -363,6 +370,7 @@ class _Connection:
         self._closing: Close | None = None
         self._closed = asyncio.Event()
         self._open_keys: set[tuple[str, int]] = set()
+        self._turn_timer: asyncio.TimerHandle | None = None
         self._frame_at = self.opened_at
         self._in_thread = False
         self._deferred: list[Callable[[], list[LinkAction] | None]] = []
@@ -488,6 +496,7 @@ class _Connection:
             await asyncio.wait_for(self._sender, timeout=self.options.close_timeout_s + 1)
 
     def release(self) -> None:
+        self._set_turn_timer(None)
         for key in self._open_keys:
             self.engine.discard(key)
         self._open_keys.clear()
@@ -564,6 +573,14 @@ class _Connection:
                 key = (sid, action.utterance_id)
                 self._open_keys.discard(key)
                 self.engine.discard(key)
+            elif isinstance(action, ScoreTurn):
+                future = self.engine.score_turn(action.audio)
+                future.add_done_callback(lambda f, a=action: self._on_turn_score(a, f))
+            elif isinstance(action, RequestEager):
+                future = self.engine.request_eager((sid, action.utterance_id))
+                future.add_done_callback(lambda f, a=action: self._on_eager(a, f))
+            elif isinstance(action, Wake):
+                self._set_turn_timer(action.after_s)
             elif isinstance(action, Close):
                 self.close_reason = f"{action.code} {action.reason}"
                 self.outcome = "completed" if action.code == 1000 else action.reason
@@ -578,6 +595,34 @@ class _Connection:
             self._internal_error(future.exception())
             return
         self._session_call(lambda: self.link.partial_ready(utterance_id, future.result()))
+
+    def _on_turn_score(self, action: ScoreTurn, future: asyncio.Future) -> None:
+        """The end-of-turn model's answer; a failure leaves the pause to its maximum silence."""
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None and not isinstance(exc, EngineClosed):
+            log.warning("session %s: end-of-turn model failed: %r", self.session_id, exc)
+        probability = None if exc is not None else future.result()
+        self._session_call(lambda: self.link.turn_scored(action.utterance_id, action.pause, probability))
+
+    def _on_eager(self, action: RequestEager, future: asyncio.Future) -> None:
+        self._progress.set()
+        if future.cancelled() or isinstance(future.exception(), EngineClosed):
+            return
+        if future.exception() is not None:
+            self._internal_error(future.exception())
+            return
+        self._session_call(lambda: self.link.eager_ready(action.utterance_id, action.pause, future.result()))
+
+    def _set_turn_timer(self, after_s: float | None) -> None:
+        """The session's wall-clock timer (smart turn detection's maximum silence): one at a time."""
+        if self._turn_timer is not None:
+            self._turn_timer.cancel()
+            self._turn_timer = None
+        if after_s is not None:
+            self._turn_timer = asyncio.get_running_loop().call_later(
+                after_s, lambda: self._session_call(self.link.wake))
 
     def _on_final(self, utterance_id: int, future: asyncio.Future) -> None:
         self._progress.set()
@@ -802,3 +847,14 @@ def _signal_event() -> asyncio.Event:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, event.set)
     return event
+
+
+def _load_turn_model(config: Config):
+    """The configured end-of-turn model, or None (logged) when its file is not installed."""
+    from .smart_turn import TurnModelMissing, load_turn_model
+
+    try:
+        return load_turn_model(config.turn_model)
+    except TurnModelMissing as exc:
+        log.warning("turn_detection 'smart' is unavailable: %s", exc)
+        return None

@@ -28,7 +28,9 @@ from .audio import PcmDecoder, Resampler
 from .config import Config, ConfigError, SessionOptions, VadOptions, apply_session_fields, copy_options
 from .protocol import ProtocolError, format_error, round_time
 from .results import FinalResult, Hypothesis, OptionError, UtteranceOptions, Word, estimate_words
-from .vad import SAMPLE_RATE_HZ, Endpointer, UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent
+from .turns import Decision, PauseTracker, decide
+from .vad import (SAMPLE_RATE_HZ, Endpointer, UtteranceAudio, UtteranceEnded, UtterancePaused, UtteranceResumed,
+                  UtteranceStarted, VadEvent)
 
 log = logging.getLogger("streaming.session")
 
@@ -77,7 +79,34 @@ class DiscardUtterance:
     utterance_id: int
 
 
-Action = Emit | Close | OpenUtterance | FeedAudio | RequestPartial | RequestFinal | DiscardUtterance
+@dataclass(frozen=True)
+class ScoreTurn:
+    """Smart mode: ask the end-of-turn model about pause ``pause``; answer with :meth:`Session.turn_scored`."""
+
+    utterance_id: int
+    pause: int
+    audio: np.ndarray
+    """The utterance's last seconds up to the pause (what the model reads)."""
+
+
+@dataclass(frozen=True)
+class RequestEager:
+    """Smart mode: decode the utterance as a final now, keeping it open (an eager end of turn);
+    answer with :meth:`Session.eager_ready`. The engine reuses it for the final if no audio follows."""
+
+    utterance_id: int
+    pause: int
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Call :meth:`Session.wake` after ``after_s`` of wall time, replacing any earlier request; None cancels."""
+
+    after_s: float | None
+
+
+Action = (Emit | Close | OpenUtterance | FeedAudio | RequestPartial | RequestFinal | DiscardUtterance | ScoreTurn
+          | RequestEager | Wake)
 
 _END_REASONS = {"forced": "finalize"}
 """Endpointer reasons as events name them (others keep theirs: endpoint, max_length, stream_end)."""
@@ -92,6 +121,10 @@ class ModelInfo:
     supports_window: bool = False
     max_utterance_s: float = 30.0
     validate: Callable[[UtteranceOptions], None] = lambda options: None
+    turn_model: bool = False
+    """Whether an end-of-turn model is loaded (``turn_detection = "smart"`` needs one)."""
+    eager_decodes: bool = True
+    """Whether the backend can decode an open utterance (``eager_end_of_turn`` needs it)."""
 
 
 @dataclass
@@ -106,6 +139,8 @@ class _Utterance:
     partial_in_flight: bool = False
     partial_wanted: bool = False
     last_partial_text: str | None = None
+    turns: PauseTracker = dataclasses.field(default_factory=PauseTracker)
+    """Smart mode: the pauses being judged and the audio held meanwhile."""
 
 
 class Session:
@@ -180,6 +215,21 @@ class Session:
         """The engine finished an utterance's final; finals go out in utterance order. Never raises."""
         return self._guarded(f"handling the final of utterance {utterance_id}", self._final_ready,
                              utterance_id, result)
+
+    def turn_scored(self, utterance_id: int, pause: int, probability: float | None) -> list[Action]:
+        """The end-of-turn model's answer for a :class:`ScoreTurn` (None: it failed; the pause waits). Never raises."""
+        return self._guarded(f"handling the turn score of utterance {utterance_id}", self._turn_scored,
+                             utterance_id, pause, probability)
+
+    def eager_ready(self, utterance_id: int, pause: int, result: FinalResult | None) -> list[Action]:
+        """The eager decode of a :class:`RequestEager` (None: dropped under load). Never raises."""
+        return self._guarded(f"handling the eager decode of utterance {utterance_id}", self._eager_ready,
+                             utterance_id, pause, result)
+
+    def wake(self) -> list[Action]:
+        """The wall-clock timer of a :class:`Wake` fired: a pause still judged has lasted
+        ``turn_max_silence_ms`` (the client sent no audio meanwhile), so the turn ends. Never raises."""
+        return self._guarded("handling the turn timer", self._wake)
 
     # ---- actions out, and what a bug does -----------------------------------------------------------
 
@@ -347,6 +397,12 @@ class Session:
         apply_session_fields(session, vad, fields)
         if session.window_s is not None and not self.model.supports_window and "window_s" in fields:
             raise ConfigError(f"model {self.model.name} has no attention window: window_s is not supported")
+        if vad.turn_detection == "smart" and not self.model.turn_model:
+            raise ConfigError("turn_detection 'smart' needs the end-of-turn model, which this server has not "
+                              "loaded (see the server log; scripts/setup.sh installs it)")
+        if vad.eager_end_of_turn and vad.turn_detection == "smart" and not self.model.eager_decodes:
+            raise ConfigError(f"model {self.model.name} cannot decode an open utterance here: "
+                              "eager_end_of_turn is not supported")
         vad = dataclasses.replace(vad, max_utterance_s=min(vad.max_utterance_s, self.model.max_utterance_s))
         self.model.validate(self._utterance_options(session))
         return session, vad
@@ -362,6 +418,9 @@ class Session:
             "endpoint_silence_ms": vad.endpoint_silence_ms, "endpointing": vad.endpointing,
             "max_utterance_s": vad.max_utterance_s, "vad_aggressiveness": vad.aggressiveness,
             "speech_threshold": vad.speech_threshold, "preroll_ms": vad.preroll_ms,
+            "turn_detection": vad.turn_detection, "turn_eagerness": vad.turn_eagerness,
+            "turn_pause_ms": vad.turn_pause_ms, "turn_max_silence_ms": vad.turn_max_silence_ms,
+            "eager_end_of_turn": vad.eager_end_of_turn,
             "sample_rate": self._format[0], "encoding": self._format[1]}
 
     def _configure(self, fields: dict[str, Any]) -> None:
@@ -464,10 +523,17 @@ class Session:
                 self._feed(utt, event.audio)
             elif isinstance(event, UtteranceAudio):
                 self._feed(self._utterances[event.utterance_id], event.audio)
+            elif isinstance(event, UtterancePaused):
+                self._paused(self._utterances[event.utterance_id], event)
+            elif isinstance(event, UtteranceResumed):
+                self._resumed(self._utterances[event.utterance_id], event)
             elif isinstance(event, UtteranceEnded):
                 utt = self._utterances[event.utterance_id]
                 utt.end_sample = event.end_sample
                 utt.end_reason = _END_REASONS.get(event.reason, event.reason)
+                if utt.turns.paused:
+                    utt.turns.end()
+                    self._emit(Wake(None))
                 self._open = None
                 self._awaiting_final.append(utt.utterance_id)
                 self._event(ev.SpeechEnded(utt.utterance_id, self._time(event.end_sample), utt.end_reason))
@@ -476,7 +542,12 @@ class Session:
     def _feed(self, utt: _Utterance, audio: np.ndarray) -> None:
         if audio.size == 0:
             return
+        if utt.turns.paused:
+            utt.turns.hold(audio)  # judged pause: fed only if speech resumes (the turn may end before it)
+            return
         utt.samples += audio.size
+        if self.vad_options.turn_detection == "smart":
+            utt.turns.fed(audio)
         self._emit(FeedAudio(utt.utterance_id, audio))
         step = int(self.options.step_s * SAMPLE_RATE_HZ)
         if utt.last_partial_text is None:
@@ -494,6 +565,57 @@ class Session:
         utt.partial_wanted = False
         utt.samples_at_last_request = utt.samples
         self._emit(RequestPartial(utt.utterance_id))
+
+    # ---- smart turn detection ----------------------------------------------------------------------
+
+    def _paused(self, utt: _Utterance, event: UtterancePaused) -> None:
+        """A pause of ``turn_pause_ms``: ask the turn model, and start the wall-clock maximum."""
+        pause = utt.turns.begin(event.at_sample)
+        vad = self.vad_options
+        # The timer first: a shell that answers the score at once may end the turn, cancelling it.
+        self._emit(Wake(max(0.0, vad.turn_max_silence_ms - vad.turn_pause_ms) / 1000))
+        self._emit(ScoreTurn(utt.utterance_id, pause, utt.turns.score_audio()))
+
+    def _resumed(self, utt: _Utterance, event: UtteranceResumed) -> None:
+        held, retract = utt.turns.resume()
+        self._emit(Wake(None))
+        if retract:
+            self._event(ev.TurnResumed(utt.utterance_id, self._time(event.at_sample)))
+        for audio in held:
+            self._feed(utt, audio)
+
+    def _judged(self, utterance_id: int, pause: int) -> _Utterance | None:
+        """The open utterance if ``pause`` is still the pause it is judged at (else the answer is stale)."""
+        utt = self._open
+        if (self.state != "streaming" or utt is None or utt.utterance_id != utterance_id
+                or not utt.turns.current(pause)):
+            return None
+        return utt
+
+    def _turn_scored(self, utterance_id: int, pause: int, probability: float | None) -> None:
+        utt = self._judged(utterance_id, pause)
+        if utt is None or probability is None:
+            return
+        vad = self.vad_options
+        decision = decide(probability, vad.turn_eagerness, vad.eager_end_of_turn)
+        if decision is Decision.END:
+            self._vad_events(self._endpointer.end_turn("end_of_turn"))
+        elif decision is Decision.EAGER and not utt.turns.eager_asked:
+            utt.turns.eager_asked = True
+            self._emit(RequestEager(utterance_id, pause))
+
+    def _eager_ready(self, utterance_id: int, pause: int, result: FinalResult | None) -> None:
+        utt = self._judged(utterance_id, pause)
+        if utt is None or result is None or utt.turns.eager_sent:
+            return
+        utt.turns.eager_sent = True
+        self._event(ev.EagerEndOfTurn(utterance_id, result.text.strip(), self._time(utt.start_sample),
+                                      self._time(utt.start_sample + utt.samples)))
+
+    def _wake(self) -> None:
+        utt = self._open
+        if self.state == "streaming" and utt is not None and utt.turns.paused:
+            self._vad_events(self._endpointer.end_turn("max_silence"))
 
     def _utterance_options(self, session: SessionOptions) -> UtteranceOptions:
         return UtteranceOptions(language=session.language, window_s=session.window_s, context=session.context,

@@ -74,10 +74,30 @@ class UtteranceEnded:
     end_sample: int
     """End of the last voiced frame (or the cut point)."""
     reason: str
-    """``endpoint``, ``max_length``, ``forced`` or ``stream_end``."""
+    """``endpoint``, ``end_of_turn``, ``max_silence``, ``max_length``, ``forced`` or ``stream_end``."""
 
 
-VadEvent = UtteranceStarted | UtteranceAudio | UtteranceEnded
+@dataclass(frozen=True)
+class UtterancePaused:
+    """Smart turn detection: the open utterance's silence reached ``turn_pause_ms`` (once per pause)."""
+
+    utterance_id: int
+    at_sample: int
+    """Stream position when the pause was reached (the utterance's audio so far ends here)."""
+    speech_end_sample: int
+    """End of the last voiced frame before the pause."""
+
+
+@dataclass(frozen=True)
+class UtteranceResumed:
+    """Smart turn detection: speech came back after a reported pause; the utterance goes on."""
+
+    utterance_id: int
+    at_sample: int
+    """Start of the voiced frame that resumed it."""
+
+
+VadEvent = UtteranceStarted | UtteranceAudio | UtteranceEnded | UtterancePaused | UtteranceResumed
 
 
 FrameClassifier = Callable[[np.ndarray], bool]
@@ -202,6 +222,8 @@ class Endpointer:
         self._open_start = 0
         self._silence_frames = 0
         self._last_voiced_end = 0
+        self._paused = False
+        """Smart mode: an :class:`UtterancePaused` was reported for the current pause."""
         self._energies: list[float] = []
 
     @property
@@ -226,9 +248,20 @@ class Endpointer:
         """End the open utterance now (client ``finalize``); pending partial frame included."""
         return self._drain_partial_frame() + self._close("forced", include_tail=True)
 
+    def end_turn(self, reason: str = "end_of_turn") -> list[VadEvent]:
+        """Smart mode: end the open utterance at its last voiced frame (the turn model or the wall
+        clock decided during a pause); the frames after it were silence and stay out of any utterance."""
+        return self._close(reason)
+
+    @property
+    def paused(self) -> bool:
+        """Smart mode: the open utterance is in a reported pause."""
+        return self._open_id is not None and self._paused
+
     def fixed_changes(self, options: VadOptions) -> list[str]:
         """Fields of ``options`` that differ from the current ones and cannot change mid-stream."""
-        live = {"endpoint_silence_ms", "endpointing", "max_utterance_s", "preroll_ms"}
+        live = {"endpoint_silence_ms", "endpointing", "max_utterance_s", "preroll_ms", "turn_detection",
+                "turn_eagerness", "turn_pause_ms", "turn_max_silence_ms", "eager_end_of_turn"}
         if getattr(self.classify, "can_change_threshold", False):
             live.add("speech_threshold")
         return [f.name for f in dataclasses.fields(options)
@@ -249,6 +282,7 @@ class Endpointer:
         self._open_id = None
         self._pending_start = None
         self._silence_frames = 0
+        self._paused = False
         self._energies = []
         self._recent.clear()
         self._preroll.clear()
@@ -314,15 +348,29 @@ class Endpointer:
         events.append(UtteranceAudio(self._open_id, audio))
         self._energies.append(energy)
         if voiced:
+            if self._paused:
+                self._paused = False
+                events.append(UtteranceResumed(self._open_id, start))
             self._silence_frames = 0
             self._last_voiced_end = self._position
         else:
             self._silence_frames += 1
-        if self.options.endpointing and self._silence_frames * self.options.frame_ms >= self.options.endpoint_silence_ms:
-            events.extend(self._close("endpoint"))
+        silence_ms = self._silence_frames * self.options.frame_ms
+        smart = self.options.turn_detection == "smart"
+        if self._endpointing and silence_ms >= (self.options.turn_max_silence_ms if smart
+                                               else self.options.endpoint_silence_ms):
+            events.extend(self._close("max_silence" if smart else "endpoint"))
+        elif smart and not self._paused and silence_ms >= self.options.turn_pause_ms:
+            self._paused = True
+            events.append(UtterancePaused(self._open_id, self._position, self._last_voiced_end))
         elif self._should_cut(energy, voiced):
             cut_at = self._position
             events.extend(self._close("max_length", end_sample=cut_at))
+
+    @property
+    def _endpointing(self) -> bool:
+        """Whether pauses end utterances (not manual mode)."""
+        return self.options.endpointing and self.options.turn_detection != "manual"
 
     def _open(self, events: list[VadEvent]) -> None:
         # Start at the first voiced frame of the recent window, minus the pre-roll.
@@ -339,6 +387,7 @@ class Endpointer:
         self._next_id += 1
         self._open_start = start
         self._silence_frames = 0
+        self._paused = False
         self._last_voiced_end = self._position
         self._energies = [frame_dbfs(a) for _, a in kept]
         self._recent.clear()
@@ -367,9 +416,11 @@ class Endpointer:
         if self._open_id is None:
             return []
         if end_sample is None:
-            end_sample = self._position if include_tail else self._last_voiced_end
+            # In a reported pause the utterance's audio ends at the pause: the tail after it is silence.
+            end_sample = self._position if include_tail and not self._paused else self._last_voiced_end
         event = UtteranceEnded(self._open_id, max(end_sample, self._open_start), reason)
         self._open_id = None
+        self._paused = False
         self._silence_frames = 0
         self._energies = []
         self._recent.clear()

@@ -74,6 +74,8 @@ class Backend(abc.ABC):
     """Whether ``window_s`` means anything for this backend."""
     max_utterance_s: float = 30.0
     """Longest utterance this backend can decode in one piece."""
+    supports_eager: bool = True
+    """Whether :meth:`finalize_open` works (eager ends of turn; smart turn detection works without it)."""
 
     def validate_options(self, options: UtteranceOptions) -> None:
         """Raise :class:`OptionError` if this backend cannot honour ``options``."""
@@ -89,6 +91,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def finalize(self, states: list[UtteranceState]) -> list[FinalResult]:
         """Compute the final text of each closed utterance (one batch)."""
+
+    def finalize_open(self, states: list[UtteranceState]) -> list[FinalResult]:
+        """The final of each utterance as it stands, leaving it open for more audio (smart turn
+        detection's eager end of turn). It must equal what :meth:`finalize` would return now, since
+        it becomes the final when no audio follows. The default is :meth:`finalize`, right for a
+        backend whose finalize keeps the state usable; one that releases resources overrides it."""
+        return self.finalize(states)
 
     def warmup(self) -> None:
         """Run one tiny pass so the first real request is not slow."""

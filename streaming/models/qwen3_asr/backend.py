@@ -8,6 +8,8 @@ them spread over the utterance by character length, and its ``word_timing`` says
 
 from __future__ import annotations
 
+import copy
+
 from typing import Any
 
 import numpy as np
@@ -227,6 +229,17 @@ class Qwen3ASRBackend(Backend):
             results[id(s)] = self._final(s, text, language, {**r.stats, "tokens": toks, "decoded_tokens": len(toks)})
             SlotRowDecoder.release(s)
         return [results[id(s)] for s in sts]
+
+    def finalize_open(self, states: list[UtteranceState]) -> list[FinalResult]:
+        """Finals of copies: a final pads the audio and closes the open window, and the utterance
+        goes on. The static KV path cannot copy a slot, so it has no eager decodes (``supports_eager``)."""
+        if not self.supports_eager:
+            raise NotImplementedError("eager decodes need the dynamic KV cache")
+        return self.finalize([copy.deepcopy(s) for s in states])
+
+    @property
+    def supports_eager(self) -> bool:
+        return not isinstance(self.row_decoder, SlotRowDecoder)
 
     @staticmethod
     def _final(s: Qwen3ASRState, text: str, language: str | None, stats: dict[str, Any]) -> FinalResult:
