@@ -278,6 +278,7 @@ FLAGS = [
     ("--max-batch", "4", "engine", "max_batch", 4), ("--language", "fr", "session", "language", "fr"),
     ("--window-s", "2", "session", "window_s", 2), ("--step-s", "0.5", "session", "step_s", 0.5),
     ("--endpoint-silence-ms", "800", "vad", "endpoint_silence_ms", 800),
+    ("--turn-detection", "smart", "vad", "turn_detection", "smart"),
 ]
 
 

@@ -375,7 +375,7 @@ class WhisperBackend(Backend):
         if active:
             rows = [states[i] for i in active]
             with torch.inference_mode():
-                enc, enc_ms = self._encode(rows)
+                enc, enc_ms = self._encode(rows, self._short_frames(rows, self.decoding.final_window_s))
                 t0 = time.perf_counter()
                 self._detect_language(rows, enc, lock=False)
                 prompts = [self._prompt(st) for st in rows]
@@ -504,12 +504,16 @@ class WhisperBackend(Backend):
     def _partial_frames(self, states: list[WhisperUtteranceState]) -> int:
         """Mel frames a batch of partials encodes: the longest row's window, the full 30 s while a
         language is undecided (the language a partial locks is the final's, so it is read as a final would)."""
+        return self._short_frames(states, self.decoding.partial_window_s)
+
+    def _short_frames(self, states: list[WhisperUtteranceState], window_step_s: float) -> int:
+        """Mel frames of a short window of ``window_step_s`` steps over the batch's longest row (0 = 30 s)."""
         full = self.log_mel.frames
-        if any(not st.language_locked for st in states):
+        if window_step_s == 0 or any(not st.language_locked for st in states):
             return full
         d = self.decoding
         max_s = self.log_mel.max_samples / SAMPLE_RATE_HZ
-        window = partial_window_s(max(st.duration_s for st in states), d.partial_window_s, d.partial_pad_s, max_s)
+        window = partial_window_s(max(st.duration_s for st in states), window_step_s, d.partial_pad_s, max_s)
         frames = math.ceil(window * full / max_s / self._encoder_stride) * self._encoder_stride
         return min(full, frames)
 
