@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from streaming import events as ev
 from streaming.codecs import Frame, Handshake, HandshakeRefused, codec_for_path
 from streaming.codecs.deepgram import NET_0001_REASON, DeepgramCodec, request_id_for, word_entries
-from streaming.codecs.deepgram_query import MIN_ENDPOINTING_MS
+from streaming.codecs.deepgram_query import MIN_ENDPOINTING_MS, MIN_TURN_PAUSE_MS
 from streaming.config import MAX_CONTEXT_CHARS
 from streaming.protocol import ERROR_CODES, ProtocolError
 from streaming.results import Word
@@ -91,6 +91,48 @@ def test_query_gives_start(query, start):
     assert start_of(query) == start
 
 
+SILENCE = {"turn_detection": "silence", "endpointing": True}
+SMART = {"turn_detection": "smart", "endpointing": True}
+MANUAL = {"turn_detection": "manual", "endpointing": False}
+
+
+@pytest.mark.parametrize("query,options", [
+    ("turn_detection=smart", SMART),
+    ("turn_detection=SMART", SMART),
+    ("turn_detection=silence", SILENCE),
+    ("turn_detection=manual", MANUAL),
+    ("turn_eagerness=high", {"turn_eagerness": "high"}),  # applies when the server's default mode is smart
+    ("turn_detection=smart&turn_eagerness=low", SMART | {"turn_eagerness": "low"}),
+    ("turn_detection=smart&turn_eagerness=Auto", SMART | {"turn_eagerness": "auto"}),
+    # smart: endpointing is the pause the turn model judges, raised to 150 ms, at most 2000 ms
+    ("turn_detection=smart&endpointing=25", SMART | {"turn_pause_ms": MIN_TURN_PAUSE_MS}),
+    ("turn_detection=smart&endpointing=0", SMART | {"turn_pause_ms": 150}),
+    ("turn_detection=smart&endpointing=300", SMART | {"turn_pause_ms": 300}),
+    ("turn_detection=smart&endpointing=9000", SMART | {"turn_pause_ms": 2000}),
+    ("turn_detection=smart&endpointing=true", SMART),
+    # smart: utterance_end_ms is also the longest pause a turn survives, clamped to 200-10000 ms
+    ("turn_detection=smart&utterance_end_ms=1000", SMART | {"turn_max_silence_ms": 1000}),
+    ("turn_detection=smart&utterance_end_ms=0", SMART | {"turn_max_silence_ms": 200}),
+    ("turn_detection=smart&utterance_end_ms=60000", SMART | {"turn_max_silence_ms": 10_000}),
+    ("turn_detection=smart&endpointing=25&utterance_end_ms=1500",
+     SMART | {"turn_pause_ms": 150, "turn_max_silence_ms": 1500}),
+    # the mode, once named, decides: endpointing=false no longer means manual, a pause means nothing in manual
+    ("turn_detection=smart&endpointing=false", SMART),
+    ("turn_detection=silence&endpointing=false", SILENCE),
+    ("turn_detection=manual&endpointing=25&utterance_end_ms=1000", MANUAL),
+    # silence: endpointing keeps its meaning; utterance_end_ms only its UtteranceEnd one
+    ("turn_detection=silence&endpointing=25&utterance_end_ms=1000",
+     SILENCE | {"endpoint_silence_ms": MIN_ENDPOINTING_MS}),
+    ("turn_detection=silence&endpointing=700", SILENCE | {"endpoint_silence_ms": 700}),
+    # no turn_detection: exactly as before (the server's default mode)
+    ("endpointing=25&utterance_end_ms=1000", {"endpoint_silence_ms": MIN_ENDPOINTING_MS}),
+    ("endpointing=9000", {"endpoint_silence_ms": 5000}),
+])
+def test_turn_detection_query_gives_start(query, options):
+    DeepgramCodec.check_handshake(Handshake("/v1/listen", query))
+    assert start_of(query) == ev.Start(16000, "pcm_s16le", BASE | options)
+
+
 def test_livekit_query_is_accepted_whole():
     """Every parameter LiveKit's deepgram.STT sends, unknown ones included, in its spelling."""
     query = ("model=nova-3&punctuate=true&smart_format=true&no_delay=true&interim_results=true&encoding=linear16"
@@ -121,6 +163,10 @@ def test_livekit_query_is_accepted_whole():
     ("endpointing=-5", "endpointing must be a number of milliseconds or false"),
     ("utterance_end_ms=later", "utterance_end_ms must be an integer"),
     ("utterance_end_ms=-1", "utterance_end_ms must not be negative"),
+    ("turn_detection=semantic", "turn_detection must be one of silence, smart, manual, got 'semantic'"),
+    ("turn_detection=", "turn_detection must be one of silence, smart, manual"),
+    ("turn_eagerness=eager", "turn_eagerness must be one of low, medium, high, auto, got 'eager'"),
+    ("turn_detection=smart&turn_eagerness=2", "turn_eagerness must be one of"),
     ("&".join(f"keyterm=term{i:04d}" for i in range(200)), f"at most {MAX_CONTEXT_CHARS} characters"),
 ])
 def test_query_refused_with_400(query, says):
@@ -258,6 +304,8 @@ def test_final_results_full_shape():
 
 @pytest.mark.parametrize("reason,speech_final,from_finalize", [
     ("endpoint", True, False),
+    ("end_of_turn", True, False),
+    ("max_silence", True, False),
     ("max_length", False, False),
     ("finalize", True, True),
     ("stream_end", True, False),
@@ -318,11 +366,42 @@ def test_utterance_end_after_an_endpoint_with_words_since_the_last_one():
     assert len(messages(codec().encode(ev.Final(0, "And so,", "en", 0.4, 1.0, "endpoint", ASK[:2])))) == 1
 
 
+@pytest.mark.parametrize("reason,utterance_end", [
+    ("endpoint", True), ("end_of_turn", True), ("max_silence", True),
+    ("max_length", False), ("finalize", False), ("stream_end", False),
+])
+def test_utterance_end_follows_every_pause_that_ends_a_turn(reason, utterance_end):
+    c = codec("turn_detection=smart&utterance_end_ms=1000")
+    out = messages(c.encode(ev.Final(0, "Americans.", "en", 3.0, 3.9, reason, words(("Americans.", 3.1, 3.7, 1)))))
+    assert [m["type"] for m in out] == (["Results", "UtteranceEnd"] if utterance_end else ["Results"])
+
+
 def test_nothing_for_ready_speech_end_and_clear():
     c = codec()
     assert c.encode(ev.Ready("s", "tiny.en", {})) == []
     assert c.encode(ev.SpeechEnded(0, 1.0, "endpoint")) == []
     assert c.encode(ev.Cleared(0, 1.0)) == []
+
+
+@pytest.mark.parametrize("event", [ev.EagerEndOfTurn(0, "And so,", 0.4, 1.0), ev.TurnResumed(0, 1.5)])
+def test_nothing_for_eager_end_of_turn_and_turn_resumed(event):
+    """Deepgram's v1 listen API has no such messages (Flux's are v2), whatever the client asked for."""
+    c = codec("turn_detection=smart&interim_results=true&vad_events=true&utterance_end_ms=1000")
+    assert c.encode(event) == []
+
+
+def test_smart_turn_in_deepgram_messages():
+    """Speech, an eager end taken back, then the end of turn: interims, one speech_final, one UtteranceEnd."""
+    c = codec("turn_detection=smart&interim_results=true&vad_events=true&utterance_end_ms=1000")
+    events = [ev.SpeechStarted(0, 0.4), ev.Partial(0, "And so,", "And", 0.4, 1.0),
+              ev.EagerEndOfTurn(0, "And so,", 0.4, 1.0), ev.TurnResumed(0, 1.3),
+              ev.Partial(0, "And so, Americans.", "And so,", 0.4, 1.7), ev.SpeechEnded(0, 1.7, "end_of_turn"),
+              ev.Final(0, "And so, Americans.", "en", 0.4, 1.7, "end_of_turn", ASK)]
+    out = messages([frame for event in events for frame in c.encode(event)])
+    assert [(m["type"], m.get("is_final"), m.get("speech_final")) for m in out] == [
+        ("SpeechStarted", None, None), ("Results", False, False), ("Results", False, False),
+        ("Results", True, True), ("UtteranceEnd", None, None)]
+    assert out[3]["channel"]["alternatives"][0]["transcript"] == "And so, Americans."
 
 
 def test_errors_in_deepgram_shape():

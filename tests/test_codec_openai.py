@@ -14,7 +14,12 @@ from streaming.codecs import Frame, Handshake, HandshakeRefused, codec_for_path
 from streaming.codecs.openai_realtime import OpenAIRealtimeCodec
 from streaming.protocol import ERROR_CODES, ProtocolError
 
-DEFAULT_OPTIONS = {"endpointing": True, "speech_threshold": 0.5, "preroll_ms": 300, "endpoint_silence_ms": 500}
+DEFAULT_OPTIONS = {"endpointing": True, "speech_threshold": 0.5, "preroll_ms": 300, "turn_detection": "silence",
+                   "endpoint_silence_ms": 500}
+MANUAL_OPTIONS = {"endpointing": False, "turn_detection": "manual"}
+SEMANTIC_OPTIONS = {"endpointing": True, "speech_threshold": 0.5, "preroll_ms": 300, "turn_detection": "smart",
+                    "turn_eagerness": "auto", "turn_max_silence_ms": 4000}
+"""What ``semantic_vad`` with no other field asks for (eagerness auto: OpenAI's 4 s maximum wait)."""
 PCM24K = {"sample_rate": 24_000, "encoding": "pcm_s16le"}
 
 
@@ -155,10 +160,10 @@ def test_handshake_intent(query, refused):
 
 @pytest.mark.parametrize("kind, session, options", [
     ("session.update", LIVEKIT_SESSION,
-     {"endpointing": True, "speech_threshold": 0.5, "preroll_ms": 600, "endpoint_silence_ms": 350,
-      "language": "en", "context": None, **PCM24K}),
+     {"endpointing": True, "speech_threshold": 0.5, "preroll_ms": 600, "turn_detection": "silence",
+      "endpoint_silence_ms": 350, "language": "en", "context": None, **PCM24K}),
     ("session.update", {"type": "transcription", "audio": {"input": {"turn_detection": None}}},
-     {"endpointing": False, **PCM24K}),
+     {**MANUAL_OPTIONS, **PCM24K}),
     ("session.update", {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcmu"}}}},
      {**DEFAULT_OPTIONS, "sample_rate": 8000, "encoding": "mulaw"}),
     ("session.update", {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcma"}}}},
@@ -167,18 +172,20 @@ def test_handshake_intent(query, refused):
      {**DEFAULT_OPTIONS, "sample_rate": 16000, "encoding": "pcm_s16le"}),
     ("session.update", {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 0.0,
                                                                "prefix_padding_ms": 5000, "silence_duration_ms": 50}}}},
-     {"endpointing": True, "speech_threshold": 0.1, "preroll_ms": 1000, "endpoint_silence_ms": 100, **PCM24K}),
+     {"endpointing": True, "speech_threshold": 0.1, "preroll_ms": 1000, "turn_detection": "silence",
+      "endpoint_silence_ms": 100, **PCM24K}),
     ("session.update", {"audio": {"input": {"turn_detection": {"threshold": 1, "silence_duration_ms": 99999}}}},
-     {"endpointing": True, "speech_threshold": 0.95, "preroll_ms": 300, "endpoint_silence_ms": 5000, **PCM24K}),
+     {"endpointing": True, "speech_threshold": 0.95, "preroll_ms": 300, "turn_detection": "silence",
+      "endpoint_silence_ms": 5000, **PCM24K}),
     ("session.update", {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "low"}}}},
-     {**DEFAULT_OPTIONS, **PCM24K}),
+     {**SEMANTIC_OPTIONS, "turn_eagerness": "low", "turn_max_silence_ms": 8000, **PCM24K}),
     ("session.update", {"type": "transcription", "audio": {"input": {
         "transcription": {"model": "whisper-1", "language": "", "prompt": "cards: clubs, hearts"},
         "noise_reduction": {"type": "near_field"}}}, "include": ["item.input_audio_transcription.logprobs"]},
      {**DEFAULT_OPTIONS, "language": None, "context": "cards: clubs, hearts", **PCM24K}),
     ("session.update", {"type": "transcription"}, {**DEFAULT_OPTIONS, **PCM24K}),
     ("transcription_session.update", {"input_audio_format": "g711_ulaw", "turn_detection": None},
-     {"endpointing": False, "sample_rate": 8000, "encoding": "mulaw"}),
+     {**MANUAL_OPTIONS, "sample_rate": 8000, "encoding": "mulaw"}),
     ("transcription_session.update", {"input_audio_format": "g711_alaw"},
      {**DEFAULT_OPTIONS, "sample_rate": 8000, "encoding": "alaw"}),
     ("transcription_session.update",  # the older LiveKit plugin's beta update, extra key and all
@@ -187,8 +194,8 @@ def test_handshake_intent(query, refused):
                                     "noise_reduction_type": "near_field"},
       "turn_detection": {"type": "server_vad", "threshold": 0.6, "prefix_padding_ms": 600,
                          "silence_duration_ms": 350}},
-     {"endpointing": True, "speech_threshold": 0.6, "preroll_ms": 600, "endpoint_silence_ms": 350,
-      "language": "en", "context": None, **PCM24K}),
+     {"endpointing": True, "speech_threshold": 0.6, "preroll_ms": 600, "turn_detection": "silence",
+      "endpoint_silence_ms": 350, "language": "en", "context": None, **PCM24K}),
 ])
 def test_update_becomes_configure(kind, session, options):
     client = Client()
@@ -214,7 +221,7 @@ def test_updated_echoes_the_session_as_the_client_set_it():
     assert audio_input["transcription"]["language"] == "en"
 
 
-def test_semantic_vad_is_echoed_as_set():
+def test_semantic_vad_is_echoed_with_its_eagerness():
     client = Client()
     client.ready()
     _, updated = client.configure({"audio": {"input": {"turn_detection": {"type": "semantic_vad",
@@ -262,6 +269,14 @@ def test_update_before_created_is_applied_after_it():
     ("session.update", {"audio": []}, "session.audio"),
     ("transcription_session.update", {"input_audio_format": "pcm8"}, "session.input_audio_format"),
     ("transcription_session.update", {"turn_detection": "auto"}, "session.turn_detection"),
+    ("session.update", {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "eager"}}}},
+     "session.audio.input.turn_detection.eagerness"),
+    ("session.update", {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": 2}}}},
+     "session.audio.input.turn_detection.eagerness"),
+    ("session.update", {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": ["low"]}}}},
+     "session.audio.input.turn_detection.eagerness"),
+    ("transcription_session.update", {"turn_detection": {"type": "semantic_vad", "eagerness": "HIGH"}},
+     "session.turn_detection.eagerness"),
 ])
 def test_refused_update_is_one_error_and_changes_nothing(kind, session, param):
     client = Client()
@@ -608,6 +623,110 @@ def test_clear_in_manual_mode_resets_the_buffer():
     assert client.tell(ev.Cleared(None, 0.5)) == [{"type": "input_audio_buffer.cleared"}]
     _, frames = client.send({"type": "input_audio_buffer.commit"})
     assert frames[0]["error"]["code"] == "input_audio_buffer_commit_empty"
+
+
+# ---- semantic VAD (smart turn detection) -----------------------------------------------------------
+
+
+def semantic(eagerness: str | None = None, **fields) -> dict:
+    """A GA update that asks for ``semantic_vad`` (with ``eagerness`` unless None)."""
+    td = {"type": "semantic_vad", **fields} | ({"eagerness": eagerness} if eagerness is not None else {})
+    return {"type": "transcription", "audio": {"input": {"turn_detection": td}}}
+
+
+@pytest.mark.parametrize("eagerness, max_silence_ms", [
+    ("low", 8000), ("medium", 4000), ("high", 2000), ("auto", 4000), (None, 4000)])  # None: not sent
+def test_semantic_vad_is_smart_turn_detection_with_openais_maximum_wait(eagerness, max_silence_ms):
+    client = Client()
+    client.ready()
+    commands, _ = client.send({"type": "session.update", "session": semantic(eagerness)})
+    assert commands == [ev.Configure({**SEMANTIC_OPTIONS, "turn_eagerness": eagerness or "auto",
+                                      "turn_max_silence_ms": max_silence_ms, **PCM24K})]
+
+
+def test_semantic_vad_in_the_beta_dialect():
+    client = Client(beta=True)
+    client.ready()
+    commands, updated = client.configure({"turn_detection": {"type": "semantic_vad", "eagerness": "high"}},
+                                         kind="transcription_session.update")
+    assert commands == [ev.Configure({**SEMANTIC_OPTIONS, "turn_eagerness": "high", "turn_max_silence_ms": 2000,
+                                      **PCM24K})]
+    assert updated[0]["session"]["turn_detection"] == {"type": "semantic_vad", "eagerness": "high"}
+
+
+@pytest.mark.parametrize("set_as, shown", [
+    ({"type": "semantic_vad"}, {"type": "semantic_vad", "eagerness": "auto"}),
+    ({"type": "semantic_vad", "eagerness": "low"}, {"type": "semantic_vad", "eagerness": "low"}),
+    ({"type": "semantic_vad", "eagerness": None, "create_response": False},
+     {"type": "semantic_vad", "eagerness": "auto", "create_response": False}),
+])
+def test_semantic_vad_is_echoed_as_openai_shows_it(set_as, shown):
+    """Type and eagerness, the default filled in (as server_vad shows its defaults); no server_vad fields."""
+    client = Client()
+    client.ready()
+    _, updated = client.configure({"audio": {"input": {"turn_detection": set_as}}})
+    assert updated[0]["session"]["audio"]["input"]["turn_detection"] == shown
+    types = pytest.importorskip("openai.types.realtime")
+    parsed = types.SessionUpdatedEvent.model_validate({"event_id": "event_1", **updated[0]})
+    assert parsed.session.audio.input.turn_detection.eagerness == shown["eagerness"]
+
+
+def test_turn_detection_switches_mid_session_and_each_update_names_its_mode():
+    """server → semantic → server → null → semantic: every Configure names the mode, so none is left over."""
+    client = Client()
+    client.ready()
+    steps = [
+        (semantic("high"), {**SEMANTIC_OPTIONS, "turn_eagerness": "high", "turn_max_silence_ms": 2000}),
+        ({"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 800}}}},
+         {**DEFAULT_OPTIONS, "endpoint_silence_ms": 800}),
+        ({"audio": {"input": {"turn_detection": None}}}, MANUAL_OPTIONS),
+        (semantic(), SEMANTIC_OPTIONS),
+    ]
+    for session, options in steps:
+        commands, updated = client.configure(session)
+        assert commands == [ev.Configure({**options, **PCM24K})]
+        shown = updated[0]["session"]["audio"]["input"]["turn_detection"]
+        assert (shown or {}).get("type") == (session["audio"]["input"]["turn_detection"] or {}).get("type")
+    assert client.codec.settings.manual is False
+
+
+def test_semantic_vad_update_before_created_is_applied_after_it():
+    client = Client()
+    commands, _ = client.send({"type": "session.update", "session": semantic("low")})
+    assert commands[0].options["turn_detection"] == "smart"
+    assert client.ready()[0]["session"]["audio"]["input"]["turn_detection"] == DEFAULT_VAD
+    updated = client.tell(ev.Configured({}))
+    assert updated[0]["session"]["audio"]["input"]["turn_detection"] == {"type": "semantic_vad", "eagerness": "low"}
+
+
+@pytest.mark.parametrize("reason", ["end_of_turn", "max_silence"])
+def test_semantic_turn_ends_like_a_server_vad_turn_and_eager_events_send_nothing(reason):
+    """A smart-mode turn (eager end, resumed, then the end) gives the same events as a server VAD turn."""
+    client = Client()
+    client.configure(semantic("high"))
+    events = client.tell(
+        ev.SpeechStarted(0, 0.2), ev.Partial(0, "i want to", "i want", 0.2, 1.0),
+        ev.EagerEndOfTurn(0, "i want to", 0.2, 1.1), ev.TurnResumed(0, 1.6),
+        ev.Partial(0, "i want to go home", "i want to go", 0.2, 2.4),
+        ev.EagerEndOfTurn(0, "i want to go home", 0.2, 2.5),
+        ev.SpeechEnded(0, 2.5, reason), ev.Final(0, "i want to go home", "en", 0.2, 2.5, reason))
+    assert [e["type"] for e in events] == [
+        "input_audio_buffer.speech_started", "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.delta", "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed", "conversation.item.added",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.completed"]
+    assert "".join(e["delta"] for e in events if "delta" in e) == "i want to go home"
+    assert events[3]["audio_end_ms"] == 2500 and events[-1]["transcript"] == "i want to go home"
+
+
+@pytest.mark.parametrize("event", [ev.EagerEndOfTurn(0, "so", 0.0, 1.0), ev.TurnResumed(0, 1.5),
+                                   ev.EagerEndOfTurn(9, "unknown utterance", 0.0, 1.0), ev.TurnResumed(9, 1.5)])
+def test_eager_end_of_turn_and_turn_resumed_have_no_openai_event(event):
+    client = Client()
+    client.ready()
+    client.tell(ev.SpeechStarted(0, 0.0))
+    assert client.tell(event) == []
 
 
 # ---- errors and the close ----------------------------------------------------------------------------

@@ -222,6 +222,11 @@ PROTOCOL_START_FIELDS = {
     "preroll_ms": ("vad", "preroll_ms", int, 0, 1000, False),
     "max_utterance_s": ("vad", "max_utterance_s", float, 2.0, 120.0, False),
     "vad_aggressiveness": ("vad", "aggressiveness", int, 0, 3, False),
+    "turn_detection": ("vad", "turn_detection", str, None, None, False),
+    "turn_eagerness": ("vad", "turn_eagerness", str, None, None, False),
+    "turn_pause_ms": ("vad", "turn_pause_ms", int, 60, 2000, False),
+    "turn_max_silence_ms": ("vad", "turn_max_silence_ms", int, 200, 10_000, False),
+    "eager_end_of_turn": ("vad", "eager_end_of_turn", bool, None, None, False),
 }
 
 

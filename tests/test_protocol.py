@@ -158,3 +158,47 @@ def test_every_error_code_is_documented():
         assert row is not None, code
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[2] == ("yes" if fatal else "no") and cells[3] == (str(close) if close else ""), row
+
+
+def _doc_rows(heading: str, until: str) -> dict[str, list[str]]:
+    """The rows of the first table after ``heading`` in docs/protocol.md: first cell (unquoted) → cells."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    part = doc[doc.index(heading):]
+    part = part[:part.index(until)]
+    rows = {}
+    for line in part.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            rows[cells[0].strip("`")] = cells
+    return rows
+
+
+def test_every_start_field_is_documented_with_its_range():
+    from streaming.config import SESSION_FIELDS
+
+    rows = _doc_rows("### `start`", "The server answers")
+    assert set(rows) - {"sample_rate", "encoding"} == set(SESSION_FIELDS)
+    for name, rule in SESSION_FIELDS.items():
+        if rule.kind in (int, float) and rule.low is not None:
+            low, high = (f"{v:g}" if rule.kind is float else f"{int(v)}" for v in (rule.low, rule.high))
+            assert f"{low}–{high}" in rows[name][1], (name, rows[name][1])
+
+
+def test_every_v1_message_and_final_reason_is_documented():
+    from streaming import events as ev
+    from streaming.codecs.v1 import event_fields
+    from streaming.results import Word
+
+    samples = [ev.Ready("s", "m", {}), ev.SpeechStarted(0, 0.0), ev.Partial(0, "a", "", 0.0, 1.0),
+               ev.EagerEndOfTurn(0, "a", 0.0, 1.0), ev.TurnResumed(0, 1.5), ev.SpeechEnded(0, 2.0, "endpoint"),
+               ev.Final(0, "a", "en", 0.0, 2.0, "endpoint", (Word("a", 0.0, 1.0, 1.0),), "estimated"),
+               ev.Cleared(None, 1.0), ev.Error("overloaded", "x", True, 2.0), ev.Ended(1, 2.0)]
+    messages = _doc_rows("## Server → client", "`reason` of `speech_end`")
+    for event in samples:
+        fields = event_fields(event)
+        kind = fields.pop("type")
+        assert kind in messages, kind
+        for name in fields:  # every field the message has is named in its row
+            assert f"`{name}`" in messages[kind][1], (kind, name)
+    reasons = _doc_rows("`reason` of `speech_end`", "Order:")
+    assert set(reasons) == {"endpoint", "end_of_turn", "max_silence", "max_length", "finalize", "stream_end"}

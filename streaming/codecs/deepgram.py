@@ -10,10 +10,13 @@ official SDK's models require (``deepgram-sdk`` 7: ``ListenV1Results``,
 How the session's events read in Deepgram's terms:
 
 - a partial → an interim ``Results`` (``is_final: false``, with ``interim_results``);
-- a final → a final ``Results``: ``speech_final`` is true unless a length cut
-  (``max_length``) ended the utterance, i.e. the speaker paused, the client
-  finalized or the stream ended; ``from_finalize`` when a ``Finalize`` ended it;
-  then ``UtteranceEnd`` after a pause (with ``utterance_end_ms``);
+- a final → a final ``Results``: ``speech_final`` is true at a real end of turn
+  (:data:`SPEECH_FINAL_REASONS`: a pause, the turn model's end of turn or its
+  longest pause, a ``Finalize``, the end of the stream), false after a length
+  cut (``max_length``); ``from_finalize`` when a ``Finalize`` ended it; then
+  ``UtteranceEnd`` after a pause (:data:`UTTERANCE_END_REASONS`, with ``utterance_end_ms``);
+- our ``EagerEndOfTurn``/``TurnResumed`` → nothing: Deepgram's v1 listen API has
+  no such messages (Flux's ``EagerEndOfTurn``/``TurnResumed`` belong to its v2 API);
 - a ``Finalize`` with no utterance open → an empty final ``Results`` with ``from_finalize``;
 - speech start → ``SpeechStarted`` (with ``vad_events``);
 - the end after ``CloseStream`` → ``Metadata`` (then the server closes with 1000);
@@ -51,6 +54,10 @@ SCHEMA_ERROR_CODES = ("bad_message", "unknown_message")
 """Error codes that Deepgram reports as ``SchemaError`` (a client text message it cannot read)."""
 MAX_ECHOED_CHARS = 200
 """How much of an unreadable message a ``SchemaError`` echoes in ``message``."""
+SPEECH_FINAL_REASONS = frozenset({"endpoint", "end_of_turn", "max_silence", "finalize", "stream_end"})
+"""Final reasons that end the speaker's turn (``speech_final: true``); a ``max_length`` cut does not."""
+UTTERANCE_END_REASONS = frozenset({"endpoint", "end_of_turn", "max_silence"})
+"""Final reasons that are a pause in the speech, after which ``UtteranceEnd`` follows (with ``utterance_end_ms``)."""
 
 
 class DeepgramCodec(Codec):
@@ -156,18 +163,18 @@ class DeepgramCodec(Codec):
             return self._error(event)
         if isinstance(event, ev.Ended):
             return [self._frame(self._metadata(event.audio_s))]
-        return []  # Ready, SpeechEnded, Cleared: Deepgram has no message for them
+        return []  # Ready, SpeechEnded, Cleared, EagerEndOfTurn, TurnResumed: no Deepgram v1 message
 
     def _final(self, final: ev.Final) -> list[Frame]:
         words = final.words if final.words is not None else estimate_words(final.text, final.start_s, final.end_s)
         message = self._results_message(final.text, words, final.start_s, final.end_s, is_final=True,
-                                        speech_final=final.reason != "max_length",
+                                        speech_final=final.reason in SPEECH_FINAL_REASONS,
                                         from_finalize=final.reason == "finalize")
         frames = [Frame(_json_text(message), "final", final.utterance_id)]
         entries = message["channel"]["alternatives"][0]["words"]
         if entries:
             self._last_word_end = entries[-1]["end"]
-        if (final.reason == "endpoint" and self.options.utterance_end_ms is not None
+        if (final.reason in UTTERANCE_END_REASONS and self.options.utterance_end_ms is not None
                 and self._last_word_end is not None):
             frames.append(self._frame({"type": "UtteranceEnd", "channel": [0, 1],
                                        "last_word_end": self._last_word_end}))

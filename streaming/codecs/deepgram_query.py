@@ -19,6 +19,14 @@ Choices where Deepgram's behaviour cannot be copied exactly:
   the cut; here an endpoint closes the utterance Whisper decodes, and pauses of
   that length occur inside words (stop consonants) and between words. Absent
   means the server's ``endpoint_silence_ms``; ``false`` is manual mode.
+- ``turn_detection=silence|smart|manual`` and ``turn_eagerness=low|medium|high|auto``
+  are this server's extensions (absent = the server's configured default). Given,
+  ``turn_detection`` decides how a turn ends and ``endpointing=false`` no longer
+  means manual mode: in ``smart`` mode ``endpointing=<ms>`` is the pause the turn
+  model judges (``turn_pause_ms``, raised to :data:`MIN_TURN_PAUSE_MS`) and
+  ``utterance_end_ms`` is also the longest pause a turn survives
+  (``turn_max_silence_ms``, clamped to its range); in ``manual`` mode neither
+  pause applies.
 - ``keyterm``/``keywords`` (``keywords`` may carry ``:boost``, dropped) become
   the session's ``context`` (decoding bias, never in the transcript).
 - ``punctuate``/``smart_format``/``model``: accepted, no effect (Whisper punctuates).
@@ -29,8 +37,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import MAX_CONTEXT_CHARS
+from ..config import MAX_CONTEXT_CHARS, SESSION_FIELDS, VadOptions
 from ..events import Start
+from ..knobs import knobs
 from ..protocol import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, shown
 from .base import HandshakeRefused
 
@@ -41,6 +50,17 @@ MIN_ENDPOINTING_MS = 300
 """Shortest endpointing silence honoured (LiveKit asks 25 ms, Deepgram's default is 10 ms)."""
 MAX_ENDPOINTING_MS = 5_000
 """Longest one (the session's ``endpoint_silence_ms`` range)."""
+TURN_DETECTION_MODES: tuple[str, ...] = knobs(VadOptions)["turn_detection"].rules.choices or ()
+"""``turn_detection`` values (the session option's choices)."""
+TURN_EAGERNESS_LEVELS: tuple[str, ...] = knobs(VadOptions)["turn_eagerness"].rules.choices or ()
+"""``turn_eagerness`` values (the session option's choices)."""
+MIN_TURN_PAUSE_MS = 150
+"""Shortest ``endpointing`` pause honoured in smart mode (the ``turn_pause_ms`` default): shorter pauses
+are inside words, and the turn model would be asked at every one."""
+MAX_TURN_PAUSE_MS = int(SESSION_FIELDS["turn_pause_ms"].high or 2_000)
+MIN_TURN_MAX_SILENCE_MS = int(SESSION_FIELDS["turn_max_silence_ms"].low or 200)
+MAX_TURN_MAX_SILENCE_MS = int(SESSION_FIELDS["turn_max_silence_ms"].high or 10_000)
+"""``utterance_end_ms`` in smart mode is clamped into the ``turn_max_silence_ms`` range."""
 
 
 @dataclass(frozen=True)
@@ -53,21 +73,45 @@ class ListenOptions:
     interim_results: bool = False
     endpointing: bool = True
     endpointing_ms: int | None = None
-    """The (raised) endpointing silence; None = the server's default."""
+    """The endpointing pause as asked (raised when used); None = the server's default."""
     utterance_end_ms: int | None = None
     vad_events: bool = False
     keyterms: tuple[str, ...] = ()
+    turn_detection: str | None = None
+    """``silence``, ``smart`` or ``manual``; None = the server's default mode."""
+    turn_eagerness: str | None = None
+    """None = the server's default."""
 
     def start(self) -> Start:
         """The session's start for these options; finals always carry words (Deepgram's always do)."""
         options: dict[str, Any] = {"words": True, "partials": self.interim_results, "language": self.language}
-        if not self.endpointing:
-            options["endpointing"] = False
-        elif self.endpointing_ms is not None:
-            options["endpoint_silence_ms"] = self.endpointing_ms
+        options.update(self._turn_options())
+        if self.turn_eagerness is not None:
+            options["turn_eagerness"] = self.turn_eagerness
         if self.keyterms:
             options["context"] = context_of(self.keyterms)
         return Start(self.sample_rate, ENCODINGS[self.encoding], options)
+
+    def _turn_options(self) -> dict[str, Any]:
+        """How turns end: ``endpointing`` alone (Deepgram's meaning), or ``turn_detection`` and its pauses."""
+        if self.turn_detection is None:
+            if not self.endpointing:
+                return {"endpointing": False}
+            if self.endpointing_ms is None:
+                return {}
+            return {"endpoint_silence_ms": _clamped(self.endpointing_ms, MIN_ENDPOINTING_MS, MAX_ENDPOINTING_MS)}
+        # named, so a server whose default is manual (endpointing = false) still ends turns at pauses
+        options: dict[str, Any] = {"turn_detection": self.turn_detection,
+                                   "endpointing": self.turn_detection != "manual"}
+        if self.turn_detection == "silence" and self.endpointing_ms is not None:
+            options["endpoint_silence_ms"] = _clamped(self.endpointing_ms, MIN_ENDPOINTING_MS, MAX_ENDPOINTING_MS)
+        elif self.turn_detection == "smart":
+            if self.endpointing_ms is not None:
+                options["turn_pause_ms"] = _clamped(self.endpointing_ms, MIN_TURN_PAUSE_MS, MAX_TURN_PAUSE_MS)
+            if self.utterance_end_ms is not None:
+                options["turn_max_silence_ms"] = _clamped(self.utterance_end_ms, MIN_TURN_MAX_SILENCE_MS,
+                                                          MAX_TURN_MAX_SILENCE_MS)
+        return options
 
 
 def parse_query(params: dict[str, list[str]]) -> ListenOptions:
@@ -87,6 +131,8 @@ def parse_query(params: dict[str, list[str]]) -> ListenOptions:
     utterance_end_ms = _integer(params, "utterance_end_ms", None)
     if utterance_end_ms is not None and utterance_end_ms < 0:
         _refuse(f"utterance_end_ms must not be negative, got {utterance_end_ms}")
+    turn_detection = _choice(params, "turn_detection", TURN_DETECTION_MODES)
+    turn_eagerness = _choice(params, "turn_eagerness", TURN_EAGERNESS_LEVELS)
     keyterms = _keyterms(params)
     if len(context_of(keyterms)) > MAX_CONTEXT_CHARS:
         _refuse(f"keyterm/keywords are too long together: at most {MAX_CONTEXT_CHARS} characters")
@@ -94,12 +140,18 @@ def parse_query(params: dict[str, list[str]]) -> ListenOptions:
         encoding=encoding, sample_rate=rate, language=_language(params),
         interim_results=_boolean(params, "interim_results", False), endpointing=endpointing,
         endpointing_ms=endpointing_ms, utterance_end_ms=utterance_end_ms,
-        vad_events=_boolean(params, "vad_events", False), keyterms=keyterms)
+        vad_events=_boolean(params, "vad_events", False), keyterms=keyterms, turn_detection=turn_detection,
+        turn_eagerness=turn_eagerness)
 
 
 def context_of(keyterms: tuple[str, ...] | list[str]) -> str:
     """Key terms as the session's ``context`` text."""
     return ", ".join(keyterms)
+
+
+def _clamped(value: int, low: int, high: int) -> int:
+    """A pause asked in Deepgram's terms, inside the range this server serves."""
+    return min(max(value, low), high)
 
 
 def _refuse(message: str) -> None:
@@ -134,8 +186,18 @@ def _boolean(params: dict[str, list[str]], name: str, default: bool) -> bool:
     return value.lower() == "true"
 
 
+def _choice(params: dict[str, list[str]], name: str, choices: tuple[str, ...]) -> str | None:
+    """A parameter that names one of ``choices`` (any case); absent → None."""
+    value = _last(params, name, None)
+    if value is None:
+        return None
+    if value.lower() not in choices:
+        _refuse(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
+    return value.lower()
+
+
 def _endpointing(value: str | None) -> tuple[bool, int | None]:
-    """``endpointing``: absent → (on, server default); ``false`` → manual mode; ms → raised to the floor."""
+    """``endpointing``: absent → (on, server default); ``false`` → off; ms → (on, the ms as asked)."""
     if value is None or value.lower() == "true":
         return True, None
     if value.lower() == "false":
@@ -146,7 +208,7 @@ def _endpointing(value: str | None) -> tuple[bool, int | None]:
         ms = float("nan")
     if not ms.is_integer() or ms < 0:
         _refuse(f"endpointing must be a number of milliseconds or false, got {shown(value)}")
-    return True, int(min(max(ms, MIN_ENDPOINTING_MS), MAX_ENDPOINTING_MS))
+    return True, int(ms)
 
 
 def _language(params: dict[str, list[str]]) -> str | None:

@@ -23,7 +23,14 @@ SERVER_VAD_DEFAULTS: dict[str, Any] = {"type": "server_vad", "threshold": 0.5, "
                                        "silence_duration_ms": 500}
 """OpenAI's turn detection when a client sets none (and the defaults of a ``server_vad`` it sets in part)."""
 TURN_DETECTION_TYPES = ("server_vad", "semantic_vad")
-"""``semantic_vad`` is served by the same pause-based endpointing as ``server_vad`` (its defaults)."""
+"""``server_vad`` is served by our pause endpointer (``turn_detection = "silence"``), ``semantic_vad`` by the
+Smart Turn model (``turn_detection = "smart"``)."""
+SEMANTIC_MAX_WAIT_MS = {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}
+"""``semantic_vad`` eagerness → the longest pause a turn survives (``turn_max_silence_ms``): OpenAI documents
+maximum waits of 8 s, 4 s and 2 s, and ``auto`` = ``medium``. The eagerness names are ours too
+(``turn_eagerness``)."""
+DEFAULT_EAGERNESS = "auto"
+"""A ``semantic_vad`` without ``eagerness`` (OpenAI's default)."""
 GA_FORMATS = {"audio/pcm": ("pcm_s16le", 24_000), "audio/pcmu": ("mulaw", 8_000), "audio/pcma": ("alaw", 8_000)}
 """GA ``audio.input.format.type`` → (Start encoding, sample rate); ``audio/pcm`` may name another ``rate``."""
 BETA_FORMATS = {"pcm16": ("pcm_s16le", 24_000), "g711_ulaw": ("mulaw", 8_000), "g711_alaw": ("alaw", 8_000)}
@@ -67,17 +74,27 @@ class Settings:
     def options(self) -> dict[str, Any]:
         """The session options (``config.SESSION_FIELDS`` names) this configuration asks for.
 
-        Numbers outside our ranges are clamped into them: OpenAI's ranges differ from ours, and a client
-        that asks for 50 ms of silence gets the shortest we serve rather than an error.
+        The turn detection mode is always named, whatever the server's default, so an update from one
+        type to another (or to null) switches it. Numbers outside our ranges are clamped into them:
+        OpenAI's ranges differ from ours, and a client that asks for 50 ms of silence gets the shortest we
+        serve rather than an error.
         """
         opts: dict[str, Any] = {}
         td = self.turn_detection
         opts["endpointing"] = td is not None
-        if td is not None:
+        if td is None:
+            opts["turn_detection"] = "manual"
+        else:
             vad = {**SERVER_VAD_DEFAULTS, **td}
             opts["speech_threshold"] = _clamped("speech_threshold", vad["threshold"])
             opts["preroll_ms"] = _clamped("preroll_ms", round(vad["prefix_padding_ms"]))
-            opts["endpoint_silence_ms"] = _clamped("endpoint_silence_ms", round(vad["silence_duration_ms"]))
+            if td["type"] == "semantic_vad":
+                eagerness = td.get("eagerness", DEFAULT_EAGERNESS)
+                opts.update(turn_detection="smart", turn_eagerness=eagerness,
+                            turn_max_silence_ms=SEMANTIC_MAX_WAIT_MS[eagerness])
+            else:
+                opts["turn_detection"] = "silence"
+                opts["endpoint_silence_ms"] = _clamped("endpoint_silence_ms", round(vad["silence_duration_ms"]))
         transcription = self.transcription or {}
         if "language" in transcription:
             opts["language"] = transcription["language"] or None  # "" (LiveKit's "detect") = none given
@@ -179,8 +196,13 @@ def _turn_detection(value: Any, path: str) -> dict[str, Any] | None:
         number = given.get(key, 0)
         if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
             raise UpdateError(f"'{path}.{key}' must be a number", f"{path}.{key}")
-    # server_vad shows its defaults filled in, as OpenAI does; semantic_vad has none of those fields
-    return {**(SERVER_VAD_DEFAULTS if kind == "server_vad" else {}), **given, "type": kind}
+    if kind == "semantic_vad":
+        eagerness = given.setdefault("eagerness", DEFAULT_EAGERNESS)
+        if not isinstance(eagerness, str) or eagerness not in SEMANTIC_MAX_WAIT_MS:
+            raise UpdateError(f"'{path}.eagerness' must be one of {', '.join(SEMANTIC_MAX_WAIT_MS)}",
+                              f"{path}.eagerness")
+        return {"type": kind, **given}  # type and eagerness (filled in), as OpenAI shows semantic_vad
+    return {**SERVER_VAD_DEFAULTS, **given, "type": kind}  # server_vad with its defaults, as OpenAI shows it
 
 
 def render_session(settings: Settings, *, beta: bool, session_id: str, model: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Clients append base64 audio to an input buffer; each *turn* of it becomes a
 user *item* whose transcript arrives as append-only ``delta``s and one
-``completed``. With server VAD (the default) our endpointer ends turns; with
+``completed``. With server VAD (the default) our pause endpointer ends turns,
+with semantic VAD the Smart Turn model (our ``smart`` turn detection); with
 ``turn_detection: null`` only the client's ``input_audio_buffer.commit`` does.
 The session starts at once with OpenAI's defaults (PCM16 at 24 kHz, server VAD)
 because LiveKit sends ``session.update`` without waiting for
@@ -194,7 +195,9 @@ class OpenAIRealtimeCodec(Codec):
             return [self._frame({"type": "input_audio_buffer.cleared"})]
         if isinstance(event, ev.Error):
             return self._error(event)
-        return []  # Ended: the client closed the socket, nobody reads it
+        # Ended: the client closed the socket, nobody reads it. EagerEndOfTurn, TurnResumed: OpenAI has
+        # no such events (its semantic VAD only ever commits a turn).
+        return []
 
     def _speech_started(self, event: ev.SpeechStarted) -> list[Frame]:
         item = self._open = self._open or self._new_item()

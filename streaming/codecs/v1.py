@@ -40,18 +40,25 @@ def event_fields(event: ev.Event) -> dict[str, Any] | None:
     if isinstance(event, ev.SpeechStarted):
         return {"type": "speech_start", "utterance_id": event.utterance_id, "start_s": event.start_s}
     if isinstance(event, ev.SpeechEnded):
-        return {"type": "speech_end", "utterance_id": event.utterance_id, "end_s": event.end_s}
+        return {"type": "speech_end", "utterance_id": event.utterance_id, "end_s": event.end_s,
+                "reason": event.reason}
     if isinstance(event, ev.Partial):
         return {"type": "partial", "utterance_id": event.utterance_id, "text": event.text,
                 "stable_text": event.stable_text, "start_s": event.start_s, "end_s": event.end_s}
     if isinstance(event, ev.Final):
         fields = {"type": "final", "utterance_id": event.utterance_id, "text": event.text,
-                  "language": event.language, "start_s": event.start_s, "end_s": event.end_s}
+                  "language": event.language, "start_s": event.start_s, "end_s": event.end_s,
+                  "reason": event.reason}
         if event.words is not None:
             fields["words"] = [{"word": w.word, "start_s": w.start_s, "end_s": w.end_s,
                                 "probability": w.probability} for w in event.words]
             fields["word_timing"] = event.word_timing
         return fields
+    if isinstance(event, ev.EagerEndOfTurn):
+        return {"type": "eager_end_of_turn", "utterance_id": event.utterance_id, "text": event.text,
+                "start_s": event.start_s, "end_s": event.end_s}
+    if isinstance(event, ev.TurnResumed):
+        return {"type": "turn_resumed", "utterance_id": event.utterance_id, "at_s": event.at_s}
     if isinstance(event, ev.Cleared):
         return {"type": "cleared", "utterance_id": event.utterance_id, "at_s": event.at_s}
     if isinstance(event, ev.Error):
