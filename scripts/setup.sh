@@ -42,6 +42,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   [ "$mode" = test ] && touch .venv/.installed-serve
 fi
 
+# The Smart Turn v3.2 end-of-turn model of turn_detection = "smart" (streaming/smart_turn.py), in both
+# modes: .venv/share/streaming-asr/smart-turn-v3.2-cpu.onnx, taken from the pipecat-ai 1.14.0 wheel
+# (model and wheel by Daily, BSD-2-Clause) and checked against its SHA-256. Quick when it is there.
+.venv/bin/python scripts/fetch_smart_turn.py
+
 # The voice frameworks (LiveKit Agents, Pipecat) for tests/test_frameworks.py, in a venv of their own
 # inside .venv/: their pins clash with the server's (tests/frameworks/requirements.txt says which).
 fw=.venv/frameworks
