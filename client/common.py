@@ -74,6 +74,8 @@ class CaptionUpdate:
     new_finals: list[str] = field(default_factory=list)
     partial: str = ""
     changed: bool = False
+    status: str = ""
+    """A short head of the in-place line (the turn indicator, ``[speaking]``); kept when the text is cut."""
 
 
 @dataclass
@@ -131,10 +133,14 @@ class TerminalDisplay:
             self._clear()
         for line in update.new_finals:
             self.out.write(line + "\n")
-        if self.interactive and update.partial:
+        if self.interactive and (update.partial or update.status):
             width = shutil.get_terminal_size((80, 24)).columns
+            line = fit_line(update.partial, width)
+            if update.status:
+                text = fit_line(update.partial, width - len(update.status) - 1)
+                line = f"{update.status} {text}".rstrip()[: max(width - 1, 0)]
             # Grey italic, so the tentative text is told apart from finals.
-            self.out.write("\x1b[2;3m" + fit_line(update.partial, width) + "\x1b[0m")
+            self.out.write("\x1b[2;3m" + line + "\x1b[0m")
             self._partial_shown = True
         self.out.flush()
 

@@ -18,7 +18,8 @@ from typing import Any, Callable, ClassVar
 from streaming.protocol import RETRYABLE_CODES, Wire, decode_event, encode_event
 from streaming.results import Word
 
-__all__ = ["Ready", "SpeechStart", "Partial", "SpeechEnd", "Final", "Cleared", "Error", "End", "OtherEvent",
+__all__ = ["Ready", "SpeechStart", "Partial", "SpeechEnd", "Final", "EagerEndOfTurn", "TurnResumed", "Cleared",
+           "Error", "End", "OtherEvent",
            "Disconnected", "Reconnected", "AudioDropped", "GaveUp", "ServerEvent", "ClientEvent", "StreamEvent",
            "Word", "parse_event", "Codec", "start_message", "RETRYABLE_ERROR_CODES", "is_retryable"]
 
@@ -112,6 +113,27 @@ class Final(_Message):
 
 
 @dataclass(frozen=True)
+class EagerEndOfTurn(_Message):
+    """Smart turn detection: the pause probably ends the turn; ``text`` is what the final will say
+    unless :class:`TurnResumed` takes it back (speech went on)."""
+
+    type: ClassVar[str] = "eager_end_of_turn"
+    utterance_id: int
+    text: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class TurnResumed(_Message):
+    """Speech went on after an :class:`EagerEndOfTurn`: the utterance stays open (one utterance, not two)."""
+
+    type: ClassVar[str] = "turn_resumed"
+    utterance_id: int
+    at_s: float
+
+
+@dataclass(frozen=True)
 class Cleared(_Message):
     """A ``clear`` was applied: ``utterance_id`` (``None`` when none was open) is dropped, no final follows."""
 
@@ -151,7 +173,8 @@ class OtherEvent:
         return dict(self.fields)
 
 
-ServerEvent = Ready | SpeechStart | Partial | SpeechEnd | Final | Cleared | Error | End | OtherEvent
+ServerEvent = (Ready | SpeechStart | Partial | SpeechEnd | Final | EagerEndOfTurn | TurnResumed | Cleared | Error
+               | End | OtherEvent)
 
 
 # --- client-side events (the connection, not the server) --------------------------------------------
@@ -244,7 +267,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "utterances": _integer, "audio_s": _number,
 }
 _CLASSES: dict[str, type[_Message]] = {cls.type: cls for cls in
-                                        (Ready, SpeechStart, Partial, SpeechEnd, Final, Cleared, Error, End)}
+                                        (Ready, SpeechStart, Partial, SpeechEnd, Final, EagerEndOfTurn,
+                                         TurnResumed, Cleared, Error, End)}
 
 
 def parse_event(message: dict[str, Any]) -> ServerEvent:

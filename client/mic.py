@@ -3,7 +3,9 @@
     python -m client.mic [--url ws://127.0.0.1:8765/v1/stream] [--device N] [--srt out.srt]
 
 Shows the open utterance's partial in place on one terminal line and each
-final as a permanent line (``--json`` prints the server's events instead);
+final as a permanent line (``--json`` prints the server's events instead); the
+in-place line starts with the turn indicator (``[speaking]``, ``[thinking]``
+with the eager text of ``--eager``, ``[your turn]``: :mod:`client.turns`);
 ``--srt``/``--vtt`` write subtitles as finals arrive. If the server goes away
 the client keeps capturing into a bounded buffer, reconnects with exponential
 backoff and sends the audio when the server is back: audio not yet covered by
@@ -39,24 +41,30 @@ from client.common import (
     window_supported,
 )
 from client.events import AudioDropped, ClientEvent, Disconnected, Error, Final, GaveUp, Ready, Reconnected, StreamEvent
+from client.options import add_turn_arguments, turn_fields
 from client.streaming_client import StreamClosed, StreamingClient, describe
 from client.sources import AudioSource, FileSource, SoundDeviceSource
 from client.subtitles import SubtitleWriter
+from client.turns import IDLE, indicator, next_turn
 
 
 # --- output ------------------------------------------------------------------------
 
 
 class Output:
-    """Where events go: the terminal (captions or JSON lines), subtitle files and stderr notices."""
+    """Where events go: the terminal (captions or JSON lines), subtitle files and stderr notices.
+
+    With ``turns`` the in-place line (terminals only) leads with the turn indicator."""
 
     def __init__(self, json_mode: bool = False, subtitles: list[SubtitleWriter] | None = None,
-                 display: TerminalDisplay | None = None, name: str = "mic") -> None:
+                 display: TerminalDisplay | None = None, name: str = "mic", turns: bool = False) -> None:
         self.json_mode = json_mode
         self.name = name
         self.subtitles = subtitles or []
         self.display = display or TerminalDisplay(sys.stdout, interactive=False if json_mode else None)
         self.captions = CaptionState()
+        self.turns = turns
+        self.turn = IDLE
 
     def event(self, event: StreamEvent) -> None:
         """One event of the stream (times are positions in the whole capture, across reconnects)."""
@@ -66,12 +74,19 @@ class Output:
             sys.stdout.write(json.dumps(event.to_message(), ensure_ascii=False) + "\n")
             sys.stdout.flush()
         else:
-            self.display.show(self.captions.apply(event))
+            update = self.captions.apply(event)
+            if self.turns:
+                turn = next_turn(self.turn, event.to_message())
+                update.changed = update.changed or turn != self.turn
+                self.turn = turn
+                update.status, update.partial = indicator(turn, update.partial)
+            self.display.show(update)
         if isinstance(event, Final):
             for writer in self.subtitles:
                 writer.add(event.start_s, event.end_s, event.text)
 
     def connection_lost(self) -> None:
+        self.turn = IDLE  # the next connection's ready starts from idle too
         if not self.json_mode:
             self.display.show(self.captions.reset_partial())
 
@@ -98,6 +113,12 @@ class MicOptions:
     """``language`` of the ``start`` message; ``None`` = the server's default."""
     window_s: int | None = None
     """Encoder attention window (only models that support it)."""
+    turn_detection: str | None = None
+    """``turn_detection`` of the ``start`` message (``silence``/``smart``/``manual``); ``None`` = the server's."""
+    turn_eagerness: str | None = None
+    """Smart mode: ``turn_eagerness`` (``low``/``medium``/``high``/``auto``); ``None`` = the server's."""
+    eager_end_of_turn: bool = False
+    """Smart mode: ask for ``eager_end_of_turn``/``turn_resumed`` (shown as ``[thinking] eager: …``)."""
     use_msgpack: bool = False
     """Speak msgpack instead of JSON."""
     api_key: str | None = None
@@ -194,7 +215,8 @@ class MicClient:
             use_msgpack=opts.use_msgpack, api_key=opts.api_key, max_buffer_s=opts.max_buffer_s,
             replay_s=opts.replay_s, stop_timeout_s=opts.stop_timeout_s, connect_timeout_s=opts.connect_timeout_s,
             backoff=opts.backoff, insecure=opts.insecure, retry_first_connect=opts.retry_first_connect,
-            ping_interval_s=10, ping_timeout_s=10)  # real-time audio: a dead server is noticed fast
+            ping_interval_s=10, ping_timeout_s=10,  # real-time audio: a dead server is noticed fast
+            **turn_fields(opts.turn_detection, opts.turn_eagerness, opts.eager_end_of_turn))
         try:
             self._loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
@@ -267,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m client.mic",
         description="Live captions from a microphone (or a file at real-time pace) via the streaming ASR server.",
-        epilog="Partials are shown in place on one line (on a terminal), finals as permanent lines. "
+        epilog="Partials are shown in place on one line (on a terminal), finals as permanent lines; the line "
+               "starts with the turn indicator: [speaking] while you hold the turn, [thinking] while the server "
+               "judges a pause or owes the final (with --eager: the tentative text), [your turn] after the final. "
                "If the server goes away the client buffers audio, reconnects with backoff and sends it when "
                "the server is back. Ctrl-C sends stop and waits for the last final.")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"server stream URL (default {DEFAULT_URL})")
@@ -289,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop-timeout-s", type=float, default=MicOptions.stop_timeout_s,
                         help="how long to wait for the last final after Ctrl-C or end of input (default %(default)s)")
     parser.add_argument("--insecure", action="store_true", help="accept any TLS certificate (wss:// test servers)")
+    add_turn_arguments(parser)
     return parser
 
 
@@ -306,9 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         devices = sd.query_devices()
         print(devices if len(devices) else "no audio devices found")
         return 0
-    options = MicOptions(url=args.url, language=args.language, window_s=args.window_s, use_msgpack=args.msgpack,
-                         api_key=args.api_key,
-                         max_buffer_s=args.max_buffer_s, stop_timeout_s=args.stop_timeout_s, insecure=args.insecure)
+    options = options_from_args(args)
     try:
         if args.window_s is not None:
             _check_window_supported(options)
@@ -323,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot open audio input: {exc}", file=sys.stderr)
         return 2
     writers = [SubtitleWriter(path, fmt) for path, fmt in ((args.srt, "srt"), (args.vtt, "vtt")) if path]
-    output = Output(json_mode=args.json, subtitles=writers)
+    output = Output(json_mode=args.json, subtitles=writers, turns=True)
     client = MicClient(source, options, output)
     try:
         code = asyncio.run(client.run())
@@ -333,6 +356,14 @@ def main(argv: list[str] | None = None) -> int:
         output.close()
     print(f"[mic] {client.latency.summary()}", file=sys.stderr)
     return code
+
+
+def options_from_args(args: argparse.Namespace) -> MicOptions:
+    """The parsed flags of :func:`build_parser` as :class:`MicOptions`."""
+    return MicOptions(url=args.url, language=args.language, window_s=args.window_s,
+                      turn_detection=args.turn_detection, turn_eagerness=args.turn_eagerness,
+                      eager_end_of_turn=args.eager_end_of_turn, use_msgpack=args.msgpack, api_key=args.api_key,
+                      max_buffer_s=args.max_buffer_s, stop_timeout_s=args.stop_timeout_s, insecure=args.insecure)
 
 
 def _check_window_supported(options: MicOptions) -> None:

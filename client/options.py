@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import ssl as ssl_module
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from streaming.config import VadOptions
+from streaming.knobs import knobs
 
 from .common import Backoff
 from .events import start_message
@@ -24,12 +29,50 @@ class StreamOptions:
     endpointing: bool = True
     """False = manual mode: only ``finalize`` and ``stop`` end an utterance."""
     window_s: int | None = None
+    turn_detection: str | None = None
+    """``silence``, ``smart`` or ``manual``; ``None`` = the server's default."""
+    turn_eagerness: str | None = None
+    """Smart mode: ``low``, ``medium``, ``high`` or ``auto``; ``None`` = the server's default."""
+    eager_end_of_turn: bool = False
+    """Smart mode: ask for ``eager_end_of_turn`` (and ``turn_resumed``) events."""
     start_fields: dict[str, Any] = field(default_factory=dict)
 
     def start_message(self) -> dict[str, Any]:
         return start_message(self.sample_rate, encoding=self.encoding, language=self.language,
                              window_s=self.window_s, partials=self.partials, words=self.words,
-                             context=self.context, endpointing=self.endpointing, extra=self.start_fields)
+                             context=self.context, endpointing=self.endpointing,
+                             extra={**turn_fields(self.turn_detection, self.turn_eagerness, self.eager_end_of_turn),
+                                    **self.start_fields})
+
+
+def turn_fields(turn_detection: str | None = None, turn_eagerness: str | None = None,
+                eager_end_of_turn: bool = False) -> dict[str, Any]:
+    """The turn-taking ``start`` fields that are set (unset ones are left to the server's defaults)."""
+    out: dict[str, Any] = {}
+    if turn_detection is not None:
+        out["turn_detection"] = turn_detection
+    if turn_eagerness is not None:
+        out["turn_eagerness"] = turn_eagerness
+    if eager_end_of_turn:
+        out["eager_end_of_turn"] = True
+    return out
+
+
+def add_turn_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--turn-detection``, ``--turn-eagerness`` and ``--eager``: choices and help from the server's options."""
+    vad = knobs(VadOptions)
+
+    def doc(name: str) -> str:
+        return re.sub(r"``(.+?)``", r"\1", " ".join(vad[name].doc.split())).removesuffix(".").replace("%", "%%")
+
+    group = parser.add_argument_group("turn taking", "How the server decides that the speaker finished a turn "
+                                      "(start fields; unset = the server's defaults).")
+    group.add_argument("--turn-detection", choices=vad["turn_detection"].rules.choices,
+                       help=f"{doc('turn_detection')} (default: the server's, usually {vad['turn_detection'].default})")
+    group.add_argument("--turn-eagerness", choices=vad["turn_eagerness"].rules.choices,
+                       help=f"{doc('turn_eagerness')} (default: the server's, usually {vad['turn_eagerness'].default})")
+    group.add_argument("--eager", dest="eager_end_of_turn", action="store_true",
+                       help=f"{doc('eager_end_of_turn')}. Shown as [thinking] eager: TEXT until the final")
 
 
 @dataclass

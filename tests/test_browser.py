@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from client.subtitles import parse_subtitles
+from tests.test_clients import TURN_TIMELINES
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -178,11 +180,11 @@ def test_overlay_shows_large_high_contrast_captions(browser, http_url) -> None:
 NODE = shutil.which("node")
 
 
-def _node(script: str) -> str:
-    """Run an ES module snippet that imports web/captions.js as ``c`` (the page's pure helpers)."""
+def _node(script: str, module_name: str = "captions.js") -> str:
+    """Run an ES module snippet that imports web/<module_name> as ``c`` (the page's pure helpers)."""
     if NODE is None:
         pytest.skip("node is not installed")
-    module = (REPO / "web" / "captions.js").as_uri()
+    module = (REPO / "web" / module_name).as_uri()
     proc = subprocess.run([NODE, "--input-type=module"], input=f"import * as c from {json.dumps(module)};\n{script}",
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -214,3 +216,138 @@ def test_browser_reads_the_wire_facts_of_v1_info_or_falls_back_safely() -> None:
                       "rates": [facts["min_sample_rate_hz"], 44100, facts["max_sample_rate_hz"]]}
     # Without the facts (no /v1/info, or an older server): retry no error, capture at 16 kHz.
     assert out[1] == out[2] == {"known": False, "retryable": [], "rates": [16000, 16000, 16000]}
+
+
+# --- turn taking ----------------------------------------------------------------------------------------
+
+
+def test_browser_turn_rules_follow_the_same_table_as_the_python_clients() -> None:
+    timelines = {name: [message for message, _, _ in steps] for name, steps in TURN_TIMELINES.items()}
+    got = json.loads(_node(f"""
+        const out = {{}};
+        for (const [name, messages] of Object.entries({json.dumps(timelines)})) {{
+          let turn = c.IDLE;
+          out[name] = messages.map((m) => {{ turn = c.nextTurn(turn, m); return [turn.state, turn.eagerText]; }});
+        }}
+        console.log(JSON.stringify(out));""", "turns.js"))
+    assert got == {name: [[state, eager] for _, state, eager in steps] for name, steps in TURN_TIMELINES.items()}
+
+
+def _turn(page) -> tuple[str, str]:
+    return tuple(page.eval_on_selector("#turn", "e => [e.dataset.turn, e.textContent]"))
+
+
+def test_turn_indicator_reaches_your_turn_after_a_final_in_silence_mode(browser, http_url) -> None:
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    sent: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)
+                                          if isinstance(payload, str) else None))
+    page.goto(http_url + "/")
+    page.wait_for_function("!document.getElementById('turn-detection').disabled")  # /v1/info loaded
+    assert _turn(page) == ("idle", "idle")
+    # Eagerness and eager text belong to smart mode only.
+    page.select_option("#turn-detection", "smart")
+    assert not page.is_disabled("#turn-eagerness") and not page.is_disabled("#eager")
+    page.select_option("#turn-detection", "silence")
+    assert page.is_disabled("#turn-eagerness") and page.is_disabled("#eager")
+    page.click("#start")
+    page.wait_for_function("window.captionStats.turn === 'speaking'", timeout=30_000)
+    page.wait_for_function("window.captionStats.finals > 0 && window.captionStats.turn === 'your_turn'",
+                           timeout=60_000)
+    assert _turn(page) == ("your_turn", "your turn")
+    page.screenshot(path=str(ARTIFACTS / "page-your-turn.png"))
+    page.click("#stop")
+    page.wait_for_function("window.captionStats.state === 'idle'", timeout=30_000)
+    start = json.loads(sent[0])
+    assert start["type"] == "start" and start["turn_detection"] == "silence"
+    assert "turn_eagerness" not in start and "eager_end_of_turn" not in start
+    # The first turn went speaking -> thinking (speech_end, final owed) -> your turn.
+    states = [t["state"] for t in _stats(page)["turns"]]
+    first = states.index("your_turn")
+    assert states[0] == "speaking" and states[first - 1] == "thinking", states
+    assert states[-1] == "idle"  # after the end
+    assert not errors, errors
+    page.close()
+
+
+def test_eager_text_is_tentative_and_withdrawn_on_turn_resumed(browser, http_url) -> None:
+    """Smart mode with eager text, the server scripted (the real one's smart mode is not needed)."""
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    received: list[dict] = []
+    sockets = []
+    seq = iter(range(1000))
+
+    def send(socket, kind: str, **fields) -> None:
+        socket.send(json.dumps({"type": kind, "seq": next(seq), **fields}))
+
+    def on_socket(socket) -> None:
+        sockets.append(socket)
+
+        def on_message(frame) -> None:
+            if not isinstance(frame, str):
+                return  # audio
+            message = json.loads(frame)
+            received.append(message)
+            if message["type"] == "start":
+                send(socket, "ready", session_id="scripted", model="scripted", protocol=1,
+                     options={"turn_detection": "smart"})
+            elif message["type"] == "stop":
+                send(socket, "end", utterances=1, audio_s=4.0)
+
+        socket.on_message(on_message)
+
+    page.route_web_socket(re.compile(r"/v1/stream"), on_socket)
+    page.goto(http_url + "/?turn_detection=smart&turn_eagerness=high&eager_end_of_turn=1")
+    page.wait_for_function("!document.getElementById('turn-eagerness').disabled")
+    assert page.is_checked("#eager")
+    page.click("#start")
+    page.wait_for_function("window.captionStats.state === 'live'", timeout=20_000)
+    start = received[0]
+    assert (start["type"], start["turn_detection"], start["turn_eagerness"], start["eager_end_of_turn"]) == (
+        "start", "smart", "high", True)
+    ws = sockets[0]
+
+    def step(kind: str, until: str, **fields) -> None:
+        send(ws, kind, **fields)
+        page.wait_for_function(until, timeout=10_000)
+
+    shown = "document.getElementById('turn').dataset.turn === '{}'".format
+    eager_shown = "!document.getElementById('caption-eager').hidden"
+    step("speech_start", shown("speaking"), utterance_id=0, start_s=0.5)
+    step("partial", "document.getElementById('caption-partial').textContent === 'I would like'",
+         utterance_id=0, text="I would like", stable_text="", start_s=0.5, end_s=1.5)
+    step("eager_end_of_turn", f"{shown('thinking')} && {eager_shown}", utterance_id=0, text="I would like",
+         start_s=0.5, end_s=1.6)
+    look = page.eval_on_selector("#caption-eager", """e => ({
+        text: e.textContent, style: getComputedStyle(e).fontStyle, line: getComputedStyle(e).textDecorationStyle,
+        partialHidden: document.getElementById('caption-partial').hidden})""")
+    assert look == {"text": "I would like", "style": "italic", "line": "dotted", "partialHidden": True}
+    page.screenshot(path=str(ARTIFACTS / "page-eager.png"))
+    # The user goes on: the eager text is taken back, the partial is back.
+    step("turn_resumed", f"{shown('speaking')} && !({eager_shown})", utterance_id=0, at_s=2.0)
+    assert not page.is_hidden("#caption-partial")
+    step("partial", "document.getElementById('caption-partial').textContent === 'I would like the soup'",
+         utterance_id=0, text="I would like the soup", stable_text="I would like", start_s=0.5, end_s=2.6)
+    step("eager_end_of_turn", f"{shown('thinking')} && {eager_shown}", utterance_id=0,
+         text="I would like the soup", start_s=0.5, end_s=2.7)
+    step("speech_end", "window.captionStats.log.some(e => e.type === 'speech_end')", utterance_id=0, end_s=2.7,
+         reason="end_of_turn")
+    assert _turn(page) == ("thinking", "thinking") and not page.is_hidden("#caption-eager")
+    # The final replaces the eager text.
+    step("final", shown("your_turn"), utterance_id=0, text="I would like the soup", language="en", start_s=0.5,
+         end_s=2.7, reason="end_of_turn")
+    assert page.is_hidden("#caption-eager") and page.is_hidden("#caption-partial")
+    assert page.inner_text("#caption-finals") == "I would like the soup"
+    assert page.inner_text("#transcript").endswith("I would like the soup")
+    states = [(t["state"], t["eagerText"]) for t in _stats(page)["turns"]]
+    assert states == [("speaking", ""), ("thinking", "I would like"), ("speaking", ""),
+                      ("thinking", "I would like the soup"), ("your_turn", "")]
+    page.click("#stop")
+    page.wait_for_function("window.captionStats.state === 'idle'", timeout=30_000)
+    assert _turn(page) == ("idle", "idle")
+    assert not errors, errors
+    page.close()

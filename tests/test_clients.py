@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import random
 import signal
 import socket
@@ -20,11 +22,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from client.common import Backoff, CaptionState, LatencyTracker, ReplayBuffer, fit_line, info_url, window_supported
+from client.common import (
+    Backoff, CaptionState, CaptionUpdate, LatencyTracker, ReplayBuffer, TerminalDisplay, fit_line, info_url,
+    window_supported,
+)
 from client.continuity import encode_audio
-from client.events import Codec, Final, Partial, SpeechStart, start_message
+from client.events import Codec, Final, Partial, SpeechStart, parse_event, start_message
+from client.mic import Output, build_parser, options_from_args
+from client.options import StreamOptions, turn_fields
 from client.sources import FileSource
 from client.subtitles import Cue, parse_subtitles
+from client.turns import IDLE, Turn, indicator, next_turn
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -109,6 +117,151 @@ def test_fit_line_keeps_the_newest_words() -> None:
     assert fit_line("short", 80) == "short"
     line = fit_line("word " * 40, 20)
     assert len(line) == 19 and line.startswith("…") and line.endswith("word")
+
+
+def test_terminal_line_keeps_the_status_head_when_the_text_is_cut(monkeypatch) -> None:
+    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=(80, 24): os.terminal_size((30, 24)))
+    out = io.StringIO()
+    TerminalDisplay(out, interactive=True).show(CaptionUpdate(partial="word " * 20, changed=True, status="[speaking]"))
+    line = out.getvalue().removeprefix("\x1b[2;3m").removesuffix("\x1b[0m")
+    assert line.startswith("[speaking] …") and line.endswith("word") and len(line) == 29
+
+
+# --- the turn indicator (client/turns.py; web/turns.js is tested on the same table in test_browser.py) ----------
+
+
+def _msg(kind: str, uid: int | None = None, **fields) -> dict:
+    """A v1 server message with just what the turn rules read (seq is irrelevant to them)."""
+    return {"type": kind, **({} if uid is None else {"utterance_id": uid}), **fields}
+
+
+READY, END = _msg("ready", session_id="s", model="m", protocol=1, options={}), _msg("end", utterances=1, audio_s=9.0)
+TURN_TIMELINES: dict[str, list[tuple[dict, str, str]]] = {
+    # Each step: the message, then the indicator's state and tentative (eager) text after it.
+    "silence mode: speech, pause, final": [
+        (READY, "idle", ""),
+        (_msg("speech_start", 0, start_s=0.5), "speaking", ""),
+        (_msg("partial", 0, text="hello"), "speaking", ""),
+        (_msg("speech_end", 0, end_s=1.5, reason="endpoint"), "thinking", ""),
+        (_msg("final", 0, text="hello there", reason="endpoint"), "your_turn", ""),
+        (END, "idle", ""),
+    ],
+    "smart with eager: the eager text stands until the final": [
+        (_msg("speech_start", 0), "speaking", ""),
+        (_msg("partial", 0, text="book a table"), "speaking", ""),
+        (_msg("eager_end_of_turn", 0, text=" book a table for two "), "thinking", "book a table for two"),
+        (_msg("speech_end", 0, reason="end_of_turn"), "thinking", "book a table for two"),
+        (_msg("final", 0, text="book a table for two", reason="end_of_turn"), "your_turn", ""),
+    ],
+    "hesitation: turn_resumed takes the eager text back, one utterance": [
+        (_msg("speech_start", 3), "speaking", ""),
+        (_msg("eager_end_of_turn", 3, text="I'd like"), "thinking", "I'd like"),
+        (_msg("partial", 3, text="I'd like"), "thinking", "I'd like"),  # decoded before the pause
+        (_msg("turn_resumed", 3, at_s=2.0), "speaking", ""),
+        (_msg("partial", 3, text="I'd like the soup"), "speaking", ""),
+        (_msg("speech_end", 3, reason="max_silence"), "thinking", ""),
+        (_msg("final", 3, text="I'd like the soup", reason="max_silence"), "your_turn", ""),
+    ],
+    "an earlier utterance's final while the user speaks again": [
+        (_msg("speech_start", 0), "speaking", ""),
+        (_msg("speech_end", 0, reason="endpoint"), "thinking", ""),
+        (_msg("speech_start", 1), "speaking", ""),
+        (_msg("final", 0, text="one", reason="endpoint"), "speaking", ""),
+        (_msg("speech_end", 1, reason="endpoint"), "thinking", ""),
+        (_msg("final", 1, text="two", reason="endpoint"), "your_turn", ""),
+    ],
+    "a length cut keeps the turn": [
+        (_msg("partial", 0, text="and so on"), "speaking", ""),
+        (_msg("speech_end", 0, reason="max_length"), "speaking", ""),
+        (_msg("final", 0, text="and so on", reason="max_length"), "speaking", ""),
+        (_msg("speech_start", 1), "speaking", ""),
+    ],
+    "an older server: no reasons, no turn messages": [
+        (_msg("speech_start", 0), "speaking", ""),
+        (_msg("speech_end", 0), "thinking", ""),
+        (_msg("final", 0, text="hi"), "your_turn", ""),
+    ],
+    "cleared, a reconnect, errors and unknown messages": [
+        (_msg("speech_start", 4), "speaking", ""),
+        (_msg("error", code="invalid_message", message="x", fatal=False), "speaking", ""),
+        (_msg("speaker_change", speaker=2), "speaking", ""),
+        (_msg("cleared", 4, at_s=3.0), "idle", ""),
+        (_msg("speech_start", 5), "speaking", ""),
+        (READY, "idle", ""),  # a new connection: its utterance ids start at 0 again
+        (_msg("speech_start", 0), "speaking", ""),
+        (_msg("final", 0, text="again", reason="stream_end"), "your_turn", ""),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(TURN_TIMELINES))
+def test_turn_indicator_follows_the_table(name: str) -> None:
+    turn, got = IDLE, []
+    for message, _, _ in TURN_TIMELINES[name]:
+        turn = next_turn(turn, message)
+        got.append((turn.state, turn.eager_text))
+    assert got == [(state, eager) for _, state, eager in TURN_TIMELINES[name]]
+
+
+def test_turn_indicator_keeps_the_final_reason_and_the_utterance() -> None:
+    turn = next_turn(next_turn(IDLE, _msg("speech_start", 2)), _msg("final", 2, text="x", reason="end_of_turn"))
+    assert turn == Turn("your_turn", 2, "", "end_of_turn")
+    assert next_turn(IDLE, _msg("final", 0, text="x")).reason is None
+
+
+def test_turn_indicator_line() -> None:
+    assert indicator(IDLE, "") == ("", "")
+    assert indicator(Turn("speaking", 0), "hello") == ("[speaking]", "hello")
+    assert indicator(Turn("thinking", 0, "hello there"), "hello") == ("[thinking]", "eager: hello there")
+    assert indicator(Turn("thinking", 0), "hello") == ("[thinking]", "hello")
+    assert indicator(Turn("your_turn", 0, "", "endpoint"), "") == ("[your turn]", "")
+
+
+def _render(messages: list[dict], interactive: bool) -> str:
+    out = io.StringIO()
+    output = Output(display=TerminalDisplay(out, interactive=interactive), turns=True)
+    for seq, message in enumerate(messages):
+        output.event(parse_event({**message, "seq": seq, "start_s": 0.0, "end_s": 1.0, "language": "en",
+                                  "stable_text": "", "at_s": 1.0}))
+    return out.getvalue()
+
+
+EAGER_TIMELINE = [READY, _msg("speech_start", 0), _msg("partial", 0, text="book a"),
+                  _msg("eager_end_of_turn", 0, text="book a table"), _msg("turn_resumed", 0),
+                  _msg("partial", 0, text="book a table for two"),
+                  _msg("eager_end_of_turn", 0, text="book a table for two"),
+                  _msg("speech_end", 0, reason="end_of_turn"),
+                  _msg("final", 0, text="book a table for two", reason="end_of_turn")]
+
+
+def test_mic_output_shows_the_turn_in_place_and_finals_for_good() -> None:
+    # Each redraw of the in-place line starts with "\r ESC[K"; speech_end changes nothing shown: no redraw.
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", _render(EAGER_TIMELINE, interactive=True)).split("\r\x1b[K")
+    assert shown == ["[speaking]", "[speaking] book a", "[thinking] eager: book a table", "[speaking] book a",
+                     "[speaking] book a table for two", "[thinking] eager: book a table for two",
+                     "book a table for two\n[your turn]"]
+    # Piped (not a terminal): the transcript only, as before.
+    assert _render(EAGER_TIMELINE, interactive=False) == "book a table for two\n"
+
+
+def test_mic_turn_flags_become_start_fields() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["--turn-detection", "smart", "--turn-eagerness", "high", "--eager"])
+    options = options_from_args(args)
+    fields = turn_fields(options.turn_detection, options.turn_eagerness, options.eager_end_of_turn)
+    assert fields == {"turn_detection": "smart", "turn_eagerness": "high", "eager_end_of_turn": True}
+    start = StreamOptions(sample_rate=16_000, **fields).start_message()
+    assert start["turn_detection"] == "smart" and start["turn_eagerness"] == "high" and start["eager_end_of_turn"]
+    # Unset flags leave the server's defaults alone.
+    plain = options_from_args(parser.parse_args([]))
+    assert turn_fields(plain.turn_detection, plain.turn_eagerness, plain.eager_end_of_turn) == {}
+    assert not {"turn_detection", "turn_eagerness", "eager_end_of_turn"} & set(StreamOptions().start_message())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--turn-eagerness", "eager"])  # the server's choices, checked before connecting
+    help_text = " ".join(parser.format_help().split())
+    for expected in ("--turn-detection {silence,smart,manual}", "--turn-eagerness {low,medium,high,auto}",
+                     "--eager", "[thinking]", "[your turn]", "eager_end_of_turn"):
+        assert expected in help_text, expected
 
 
 def test_latency_tracker_maps_stream_time_to_capture_time() -> None:
@@ -285,6 +438,30 @@ def test_mic_client_reports_unsupported_window_clearly(server_url: str, tmp_path
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "--window-s is not supported" in proc.stderr
+
+
+@pytest.mark.slow
+def test_mic_client_sends_the_turn_mode_and_the_real_timeline_drives_the_indicator(server_url: str,
+                                                                                   tmp_path: Path) -> None:
+    wav = tmp_path / "two-turns.wav"
+    concatenated_wav(wav, english_clips()[1:3], rate_hz=16_000)  # two clips, 1.5 s apart: two turns at least
+    proc = subprocess.run([PYTHON, "-m", "client.mic", "--input", str(wav), "--speed", "0", "--url", server_url,
+                           "--json", "--turn-detection", "silence"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr  # the server took the start field
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    turn, states = IDLE, []
+    for event in events[:-1]:  # up to the end (which returns to idle)
+        turn = next_turn(turn, event)
+        states.append(turn.state)
+    assert events[-1]["type"] == "end" and sum(e["type"] == "final" for e in events) >= 2
+    assert states[-1] == "your_turn"
+    # Every turn goes speaking -> thinking -> your turn.
+    changes = [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
+    assert changes[0] == "idle" and changes[1] == "speaking"
+    for i, state in enumerate(changes):
+        if state == "your_turn":
+            assert changes[i - 1] == "thinking", changes
 
 
 @pytest.mark.slow

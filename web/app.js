@@ -5,6 +5,7 @@ import {
   CaptionState, captureRateHz, formatSubtitles, formatTranscript, infoUrl, protocolFacts, streamUrl,
 } from "./captions.js";
 import { CaptionStream } from "./stream.js";
+import { IDLE, TURN_LABELS, nextTurn } from "./turns.js";
 
 const params = new URLSearchParams(location.search);
 const overlay = location.pathname.replace(/\/+$/, "") === "/overlay" || params.get("overlay") === "1";
@@ -12,6 +13,10 @@ const $ = (id) => document.getElementById(id);
 
 const LANGUAGES = ["en", "fr", "de", "es", "it", "pt", "nl", "ru", "zh", "ja", "ko", "ar", "hi"];
 const OVERLAY_IDLE_MS = 12000; // overlay captions fade out after this long without speech
+// Used when /v1/info does not list a start field's choices. The demo offers no "manual" mode:
+// only Stop would end an utterance.
+const TURN_DETECTIONS = ["silence", "smart"];
+const TURN_EAGERNESS = ["low", "medium", "high", "auto"];
 
 /** Latest measurements, for tests and curious users (see README). */
 const stats = {
@@ -27,6 +32,8 @@ const stats = {
   protocolKnown: false, // whether /v1/info gave the wire facts (else: no error is retried, 16 kHz capture)
   retryableCodes: [],
   state: "idle",
+  turn: "idle", // the turn indicator: idle / speaking / thinking / your_turn (web/turns.js)
+  turns: [], // each change of the indicator: {state, utteranceId, eagerText, reason}
   log: [],
 };
 window.captionStats = stats;
@@ -34,6 +41,8 @@ window.captionStats = stats;
 const captions = new CaptionState();
 let info = null;
 let facts = protocolFacts(null); // the wire facts of /v1/info once loaded (retryable codes, rate bounds)
+let turn = IDLE; // whose turn it is (web/turns.js)
+let turnFacts = { supported: false, defaultMode: null }; // from /v1/info: may start set turn_detection?
 let capture = null; // {context, stream, node, source}
 let stream = null;
 let idleTimer = null;
@@ -53,7 +62,9 @@ function setStatus(state, detail) {
 
 function renderCaptions() {
   const maxLines = overlay ? 2 : 3;
-  const finalsShown = captions.finals.slice(-(captions.partial ? maxLines - 1 : maxLines));
+  // An eager end of turn stands in for the partial until the final replaces it (or speech resumes).
+  const tentative = turn.eagerText || captions.partial;
+  const finalsShown = captions.finals.slice(-(tentative ? maxLines - 1 : maxLines));
   const finalsEl = $("caption-finals");
   finalsEl.replaceChildren(...finalsShown.map((cue) => {
     const line = document.createElement("div");
@@ -62,14 +73,37 @@ function renderCaptions() {
     return line;
   }));
   const partialEl = $("caption-partial");
-  partialEl.textContent = captions.partial;
-  partialEl.hidden = !captions.partial;
-  $("caption-hint").hidden = captions.finals.length > 0 || Boolean(captions.partial);
+  partialEl.textContent = turn.eagerText ? "" : captions.partial;
+  partialEl.hidden = Boolean(turn.eagerText) || !captions.partial;
+  const eagerEl = $("caption-eager");
+  eagerEl.textContent = turn.eagerText;
+  eagerEl.hidden = !turn.eagerText;
+  $("caption-hint").hidden = captions.finals.length > 0 || Boolean(tentative);
   $("captions").classList.remove("idle");
   if (overlay) {
     clearTimeout(idleTimer);
     idleTimer = setTimeout(() => $("captions").classList.add("idle"), OVERLAY_IDLE_MS);
   }
+}
+
+function renderTurn() {
+  const el = $("turn");
+  el.dataset.turn = turn.state;
+  el.textContent = TURN_LABELS[turn.state];
+}
+
+/** Move the indicator; returns whether anything shown changed. */
+function applyTurn(next) {
+  if (next === turn) return false;
+  const changed = next.state !== turn.state || next.eagerText !== turn.eagerText;
+  turn = next;
+  if (changed) {
+    stats.turn = turn.state;
+    stats.turns.push({ ...turn });
+    if (stats.turns.length > 2000) stats.turns.splice(0, 500);
+    renderTurn();
+  }
+  return changed;
 }
 
 function appendTranscript(cue) {
@@ -96,8 +130,11 @@ function renderLatency() {
 }
 
 function onEvent(event, offsetS) {
+  const turnChanged = applyTurn(nextTurn(turn, event));
   if (event.type === "ready") {
     $("model").textContent = event.model || "";
+    const mode = event.options && event.options.turn_detection;
+    $("turn").title = mode ? `Whose turn it is (turn detection: ${mode})` : "Whose turn it is";
     return;
   }
   const before = captions.finals.length;
@@ -109,6 +146,8 @@ function onEvent(event, offsetS) {
     }
     renderCaptions();
     renderLatency();
+  } else if (turnChanged) {
+    renderCaptions();
   }
 }
 
@@ -142,6 +181,45 @@ async function loadInfo() {
     ? "Encoder attention window: smaller = lower latency, larger = more context"
     : `${info.model} has no attention-window setting`;
   if (info.supports_window && params.get("window_s")) windowSelect.value = params.get("window_s");
+  loadTurnControls(info);
+}
+
+/** The choices of a start field as /v1/info lists them, else `fallback`. */
+function fieldChoices(info, name, fallback) {
+  const field = info.start_fields && info.start_fields[name];
+  return field && Array.isArray(field.choices) ? field.choices : fallback;
+}
+
+function loadTurnControls(info) {
+  const fields = info.start_fields || {};
+  const defaults = info.defaults || {};
+  turnFacts = { supported: "turn_detection" in fields, defaultMode: defaults.turn_detection || null };
+  const mode = $("turn-detection");
+  if (turnFacts.defaultMode) mode.options[0].textContent = `Server default (${turnFacts.defaultMode})`;
+  for (const m of fieldChoices(info, "turn_detection", TURN_DETECTIONS)) {
+    if (m !== "manual") mode.append(new Option(m, m));
+  }
+  const eagerness = $("turn-eagerness");
+  if (defaults.turn_eagerness) eagerness.options[0].textContent = `Server default (${defaults.turn_eagerness})`;
+  for (const e of fieldChoices(info, "turn_eagerness", TURN_EAGERNESS)) eagerness.append(new Option(e, e));
+  const pick = (select, value) => {
+    if (value && [...select.options].some((o) => o.value === value)) select.value = value;
+  };
+  pick(mode, params.get("turn_detection"));
+  pick(eagerness, params.get("turn_eagerness"));
+  $("eager").checked = ["1", "true"].includes(params.get("eager_end_of_turn"));
+  mode.disabled = !turnFacts.supported;
+  mode.title = turnFacts.supported ? "How the server decides that you finished your turn"
+    : "this server has no turn detection setting";
+  syncTurnControls();
+}
+
+/** Eagerness and eager text apply to smart turn detection only. */
+function syncTurnControls() {
+  const value = $("turn-detection").value;
+  const smart = turnFacts.supported && (value === "smart" || (value === "" && turnFacts.defaultMode === "smart"));
+  $("turn-eagerness").disabled = !smart;
+  $("eager").disabled = !smart;
 }
 
 async function listDevices() {
@@ -162,6 +240,11 @@ function startOptions() {
   if (language) options.language = language;
   const windowS = $("window").value;
   if (windowS && !$("window").disabled) options.window_s = Number(windowS);
+  const mode = $("turn-detection");
+  if (mode.value && !mode.disabled) options.turn_detection = mode.value;
+  const eagerness = $("turn-eagerness");
+  if (eagerness.value && !eagerness.disabled) options.turn_eagerness = eagerness.value;
+  if ($("eager").checked && !$("eager").disabled) options.eager_end_of_turn = true;
   return options;
 }
 
@@ -234,6 +317,7 @@ async function start() {
       if (stream !== current) return;
       if (state !== "live") {
         captions.clearPartial();
+        applyTurn(IDLE); // the next connection's ready starts from idle too
         renderCaptions();
       }
       setStatus(state, detail);
@@ -299,6 +383,7 @@ function init() {
   if (overlay) document.body.classList.add("overlay");
   $("start").addEventListener("click", start);
   $("stop").addEventListener("click", stop);
+  $("turn-detection").addEventListener("change", syncTurnControls);
   $("copy").addEventListener("click", copyTranscript);
   $("download-txt").addEventListener("click",
     () => download(formatTranscript(captions.finals), `transcript-${stamp()}.txt`, "text/plain"));
