@@ -6,8 +6,8 @@ command-line clients (``python -m client.mic``, ``python -m client.file``) use t
 """
 
 from .events import (
-    AudioDropped, Cleared, ClientEvent, Disconnected, End, Error, Final, GaveUp, OtherEvent, Partial, Ready,
-    Reconnected, ServerEvent, SpeechEnd, SpeechStart, StreamEvent, Word,
+    AudioDropped, Cleared, ClientEvent, Disconnected, EagerEndOfTurn, End, Error, Final, GaveUp, OtherEvent, Partial,
+    Ready, Reconnected, ServerEvent, SpeechEnd, SpeechStart, StreamEvent, TurnResumed, Word,
 )
 from .options import ConnectionOptions, StreamOptions
 from .streaming_client import StreamClosed, StreamingClient
@@ -17,5 +17,5 @@ __all__ = [
     "StreamingClient", "StreamOptions", "ConnectionOptions", "StreamClosed", "transcribe", "Transcript",
     "TranscriptionError", "Ready", "SpeechStart", "Partial", "SpeechEnd", "Final", "Cleared", "Error", "End",
     "OtherEvent", "Disconnected", "Reconnected", "AudioDropped", "GaveUp", "ServerEvent", "ClientEvent",
-    "StreamEvent", "Word",
+    "StreamEvent", "Word", "EagerEndOfTurn", "TurnResumed",
 ]

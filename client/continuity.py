@@ -19,7 +19,8 @@ from streaming.audio import float_to_pcm16
 from streaming.protocol import round_time
 
 from .common import ReplayBuffer
-from .events import Cleared, End, Final, OtherEvent, Partial, ServerEvent, SpeechEnd, SpeechStart
+from .events import (Cleared, EagerEndOfTurn, End, Final, OtherEvent, Partial, ServerEvent, SpeechEnd, SpeechStart,
+                     TurnResumed)
 
 SAMPLE_DTYPES: dict[str, str] = {"pcm_s16le": "<i2", "pcm_f32le": "<f4", "mulaw": "u1", "alaw": "u1"}
 """How the samples of each wire encoding are stored (one numpy element per sample)."""
@@ -147,7 +148,8 @@ class StreamMapper:
                 changes["fields"] = {**event.fields, "seq": self.seq}
             self.seq += 1
         uid = getattr(event, "utterance_id", None)
-        if isinstance(event, SpeechStart | Partial | SpeechEnd | Final | Cleared) and uid is not None:
+        if (isinstance(event, SpeechStart | Partial | SpeechEnd | Final | Cleared | EagerEndOfTurn | TurnResumed)
+                and uid is not None):
             changes["utterance_id"] = uid = uid + self.uid_offset
             if isinstance(event, Final | Cleared):
                 self.next_uid = max(self.next_uid, uid + 1)

@@ -277,6 +277,8 @@ class StartField:
     """Inclusive range of a number, or of a string's length; None = unbounded."""
     nullable: bool = False
     """Whether ``null`` is a value (it sets the option to None); otherwise null is ``invalid_option``."""
+    choices: tuple[Any, ...] | None = None
+    """The only values allowed, when the option has a fixed set (e.g. ``turn_detection``)."""
 
 
 _START_SECTIONS = ("session", "vad")
@@ -295,7 +297,7 @@ def _start_fields() -> dict[str, StartField]:
                 raise TypeError(f"[{section}] {knob.name}: a start field must be a bool/int/float/str of "
                                 f"{_START_SECTIONS} with a name of its own, got {knob.start!r}")
             low, high = knob.rules.start_range or (knob.rules.low, knob.rules.high)
-            table[knob.start] = StartField(section, knob.name, knob.kind, low, high, knob.nullable)
+            table[knob.start] = StartField(section, knob.name, knob.kind, low, high, knob.nullable, knob.rules.choices)
     return table
 
 
@@ -325,6 +327,8 @@ def session_field_info() -> dict[str, dict[str, Any]]:
             entry |= {"min_length": rule.low, "max_length": rule.high}
         elif rule.kind is not bool:
             entry |= {"min": rule.low, "max": rule.high}
+        if rule.choices is not None:
+            entry["choices"] = list(rule.choices)
         info[key] = entry
     return info
 

@@ -208,7 +208,8 @@ def test_start_fields_come_from_the_field_metadata():
     assert set(SESSION_FIELDS) == set(derived)
     for key, (section, knob) in derived.items():
         low, high = knob.rules.start_range or (knob.rules.low, knob.rules.high)
-        assert SESSION_FIELDS[key] == StartField(section, knob.name, knob.kind, low, high, knob.nullable), key
+        assert SESSION_FIELDS[key] == StartField(section, knob.name, knob.kind, low, high, knob.nullable,
+                                                 knob.rules.choices), key
 
 
 # The protocol's start fields (docs/protocol.md): deriving the table must not change what clients may send.
@@ -222,8 +223,8 @@ PROTOCOL_START_FIELDS = {
     "preroll_ms": ("vad", "preroll_ms", int, 0, 1000, False),
     "max_utterance_s": ("vad", "max_utterance_s", float, 2.0, 120.0, False),
     "vad_aggressiveness": ("vad", "aggressiveness", int, 0, 3, False),
-    "turn_detection": ("vad", "turn_detection", str, None, None, False),
-    "turn_eagerness": ("vad", "turn_eagerness", str, None, None, False),
+    "turn_detection": ("vad", "turn_detection", str, None, None, False, ("silence", "smart", "manual")),
+    "turn_eagerness": ("vad", "turn_eagerness", str, None, None, False, ("low", "medium", "high", "auto")),
     "turn_pause_ms": ("vad", "turn_pause_ms", int, 60, 2000, False),
     "turn_max_silence_ms": ("vad", "turn_max_silence_ms", int, 200, 10_000, False),
     "eager_end_of_turn": ("vad", "eager_end_of_turn", bool, None, None, False),

@@ -179,6 +179,8 @@ class Monitor:
     starts: dict[int, dict] = field(default_factory=dict)
     ends: dict[int, dict] = field(default_factory=dict)
     finals: list[int] = field(default_factory=list)
+    eager: set[int] = field(default_factory=set)
+    """Utterances with an eager end of turn not retracted (smart turn detection)."""
     opened: set[int] = field(default_factory=set)
     final_requested: set[int] = field(default_factory=set)
     partial_in_flight: set[int] = field(default_factory=set)
@@ -247,6 +249,13 @@ class Monitor:
             assert uid == len(self.finals) and uid in self.ends, "finals in utterance order, after speech_end"
             assert (ev["start_s"], ev["end_s"]) == (self.starts[uid]["start_s"], self.ends[uid]["end_s"])
             self.finals.append(uid)
+        elif kind == "eager_end_of_turn":
+            assert uid in self.starts and uid not in self.ends and uid not in self.eager, "one eager per pause"
+            assert self.starts[uid]["start_s"] == ev["start_s"] <= ev["end_s"]
+            self.eager.add(uid)
+        elif kind == "turn_resumed":
+            assert uid in self.eager and uid not in self.ends, "turn_resumed retracts an eager end of turn"
+            self.eager.discard(uid)
         elif kind == "error":
             assert ev["code"] in ERROR_CODES and ev["fatal"] is ERROR_CODES[ev["code"]][0]
             if ev["fatal"]:
