@@ -40,18 +40,18 @@ def silence(seconds):
 # ---- the policy --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("probability, eagerness, eager, expected", [
-    (0.9, "medium", False, Decision.END),
-    (0.5, "medium", False, Decision.END),
-    (0.49, "medium", False, Decision.WAIT),
-    (0.4, "medium", True, Decision.EAGER),
-    (0.29, "medium", True, Decision.WAIT),
-    (0.4, "auto", True, Decision.EAGER),
-    (0.7, "low", False, Decision.WAIT),
-    (0.6, "low", True, Decision.EAGER),
-    (0.85, "low", True, Decision.END),
-    (0.35, "high", False, Decision.END),
-    (0.2, "high", True, Decision.EAGER),
-    (0.1, "high", True, Decision.WAIT),
+    (0.99, "medium", False, Decision.END),
+    (0.93, "medium", False, Decision.END),
+    (0.92, "medium", False, Decision.WAIT),
+    (0.8, "medium", True, Decision.EAGER),
+    (0.69, "medium", True, Decision.WAIT),
+    (0.8, "auto", True, Decision.EAGER),
+    (0.94, "low", False, Decision.WAIT),
+    (0.85, "low", True, Decision.EAGER),
+    (0.96, "low", True, Decision.END),
+    (0.85, "high", False, Decision.END),
+    (0.6, "high", True, Decision.EAGER),
+    (0.4, "high", True, Decision.WAIT),
 ])
 def test_decide(probability, eagerness, eager, expected):
     assert decide(probability, eagerness, eager) is expected
@@ -209,7 +209,7 @@ class TurnDriver:
 
 
 def test_a_complete_turn_ends_at_the_pause():
-    d = TurnDriver(scores=[0.9])
+    d = TurnDriver(scores=[0.99])
     d.audio(np.concatenate([silence(0.3), tone(2.0), silence(0.4)]))
     assert d.kinds() == ["start", "end", "final"]
     end, = d.of(ev.SpeechEnded)
@@ -223,7 +223,7 @@ def test_a_complete_turn_ends_at_the_pause():
 
 
 def test_a_hesitation_stays_one_utterance_and_loses_no_audio():
-    d = TurnDriver(scores=[0.1, 0.9])
+    d = TurnDriver(scores=[0.1, 0.99])
     d.audio(np.concatenate([tone(1.5), silence(0.6), tone(1.0), silence(0.4)]))
     assert d.kinds() == ["start", "end", "final"]
     assert len(d.asked) == 2
@@ -232,7 +232,7 @@ def test_a_hesitation_stays_one_utterance_and_loses_no_audio():
 
 
 def test_eager_then_resumed_then_final():
-    d = TurnDriver(scores=[0.4, 0.9], eager_end_of_turn=True)
+    d = TurnDriver(scores=[0.8, 0.99], eager_end_of_turn=True)
     d.audio(np.concatenate([tone(1.5), silence(0.6), tone(1.0), silence(0.4)]))
     assert d.kinds() == ["start", "eager", "resumed", "end", "final"]
     eager, = d.of(ev.EagerEndOfTurn)
@@ -243,7 +243,7 @@ def test_eager_then_resumed_then_final():
 
 
 def test_eager_then_max_silence_gives_the_eager_text_as_final():
-    d = TurnDriver(scores=[0.4], eager_end_of_turn=True)
+    d = TurnDriver(scores=[0.8], eager_end_of_turn=True)
     d.audio(np.concatenate([tone(1.5), silence(2.0)]))
     assert d.kinds() == ["start", "eager", "end", "final"]
     assert d.of(ev.SpeechEnded)[0].reason == "max_silence"
@@ -262,7 +262,7 @@ def test_the_wall_clock_ends_a_pause_when_the_client_sends_nothing():
 
 
 def test_eager_off_sends_no_eager_event():
-    d = TurnDriver(scores=[0.4])
+    d = TurnDriver(scores=[0.8])
     d.audio(np.concatenate([tone(1.5), silence(0.3)]))
     assert d.eagers == [] and d.kinds() == ["start"]
 
@@ -283,7 +283,7 @@ def test_a_score_for_an_old_pause_is_stale():
 
 @pytest.mark.parametrize("state", ["speaking", "awaiting score", "waiting", "eager sent"])
 def test_finalize_in_every_state(state):
-    scores = {"speaking": [], "awaiting score": [], "waiting": [0.1], "eager sent": [0.4]}[state]
+    scores = {"speaking": [], "awaiting score": [], "waiting": [0.1], "eager sent": [0.8]}[state]
     d = TurnDriver(scores=scores, eager_end_of_turn=True)
     d.audio(tone(1.5) if state == "speaking" else np.concatenate([tone(1.5), silence(0.3)]))
     d.run(d.session.handle(ev.Finalize()))

@@ -93,12 +93,12 @@ TURN_EVENTS = ("speech_start", "eager_end_of_turn", "turn_resumed", "speech_end"
 
 async def test_eager_end_of_turn_retracted_by_more_speech(clips):
     """dctts_LJ001-0035 has one short pause inside its sentence, reached 2.98 s into the clip, where the
-    model says 0.69 (eagerness low: eager at 0.5, end at 0.8), and 0.99 at its end. The client stops
+    model says 0.69 (eagerness high: eager at 0.5, end at 0.8), and 0.99 at its end. The client stops
     there until the eager event comes (speech resumes ~0.1 s later, before a decode would finish)."""
     audio = clips["dctts_LJ001-0035"].load()
     cut = int(3.0 * SR)
     with running_server() as url:
-        stream = await Stream.open(url, turn_detection="smart", turn_eagerness="low", eager_end_of_turn=True,
+        stream = await Stream.open(url, turn_detection="smart", turn_eagerness="high", eager_end_of_turn=True,
                                    turn_max_silence_ms=10_000, partials=False)
         await stream.send(with_lead(audio[:cut]))
         eager = await stream.wait_for("eager_end_of_turn")
@@ -115,13 +115,13 @@ async def test_eager_end_of_turn_retracted_by_more_speech(clips):
 
 
 async def test_eager_end_of_turn_then_the_same_text_as_final(clips):
-    """ljspeech_LJ001-0003's only pause is its end, where the model says 0.61 (eagerness low): an eager end
+    """ljspeech_LJ001-0003's only pause is its end, where the model says 0.61 (eagerness high): an eager end
     of turn, then the maximum silence ends the turn, and the final is the eager decode."""
     audio = clips["ljspeech_LJ001-0003"].load()
     with running_server() as url:
         # A maximum silence that the wall clock cannot reach while the decode runs on a busy machine;
         # the stream audio reaches it once the client sends the rest of the silence.
-        stream = await Stream.open(url, turn_detection="smart", turn_eagerness="low", eager_end_of_turn=True,
+        stream = await Stream.open(url, turn_detection="smart", turn_eagerness="high", eager_end_of_turn=True,
                                    turn_max_silence_ms=10_000)
         await stream.send(with_lead(audio, tail_s=0.4))
         eager = await stream.wait_for("eager_end_of_turn")
@@ -134,13 +134,13 @@ async def test_eager_end_of_turn_then_the_same_text_as_final(clips):
 
 
 async def test_a_complete_turn_ends_at_the_pause_with_the_same_text_as_silence_mode(clips):
-    """lib_left ends where the model says 0.95: the turn ends 150 ms into the silence, and the final
-    is the text a silence-mode stream gets."""
+    """lib_left ends where the model says 0.94 (eagerness high: end at 0.8): the turn ends 150 ms into the
+    silence, and the final is the text a silence-mode stream gets."""
     audio = with_lead(clips["lib_left"].load(), tail_s=0.3)
     texts = {}
     with running_server() as url:
         for mode in ("smart", "silence"):
-            stream = await Stream.open(url, turn_detection=mode, turn_max_silence_ms=10_000)
+            stream = await Stream.open(url, turn_detection=mode, turn_eagerness="high", turn_max_silence_ms=10_000)
             await stream.send(audio)
             if mode == "smart":
                 await stream.wait_for("final")  # only the model can end it this early
