@@ -575,6 +575,10 @@ class Session:
         # The timer first: a shell that answers the score at once may end the turn, cancelling it.
         self._emit(Wake(max(0.0, vad.turn_max_silence_ms - vad.turn_pause_ms) / 1000))
         self._emit(ScoreTurn(utt.utterance_id, pause, utt.turns.score_audio()))
+        if self.options.partials and utt.samples > utt.samples_at_last_request:
+            # A partial of all the audio up to the pause, while the model scores it: the client sees the
+            # words before the turn ends, and a final over the same window reuses its encoder output.
+            self._request_partial(utt)
 
     def _resumed(self, utt: _Utterance, event: UtteranceResumed) -> None:
         held, retract = utt.turns.resume()

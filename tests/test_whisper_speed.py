@@ -125,6 +125,21 @@ def test_partials_encode_a_short_window_and_finals_the_full_one(random_assets):
     assert final.text
 
 
+def test_short_window_finals_reuse_the_last_partials_encoding(random_assets):
+    """final_window_s: a final encodes the partials' window, so right after a partial over the same audio
+    (smart turn detection asks for one at the pause) it skips the encoder and gives a fresh final's text."""
+    backend = _backend(random_assets, partial_window_s=5.0, partial_pad_s=1.0, final_window_s=5.0)
+    runs = []
+    run_encoder = backend._run_encoder
+    backend._run_encoder = lambda feats: runs.append(feats.shape[-1]) or run_encoder(feats)
+    st = _state(backend, _noise(2.0, seed=4))
+    backend.step([st])
+    final = backend.finalize([st])[0]
+    assert runs == [500]  # one encoder pass of a 5 s window (500 mel frames), shared by partial and final
+    fresh = backend.finalize([_state(backend, _noise(2.0, seed=4))])[0]
+    assert runs == [500, 500] and final.text == fresh.text
+
+
 def test_finals_are_identical_with_short_window_partials_on_and_off(random_assets):
     audio = np.concatenate([_noise(3.3, seed=6), _noise(1.4, seed=7, level=0.3)])
     finals, partials = {}, {}
