@@ -25,6 +25,12 @@ bridges Silero's dips inside speech, so noise right after speech adds at most
 tests pass scripted per-frame callables (every voiced frame confirmed), the
 default is :class:`SpeechClassifier`, which sees every sample in order.
 
+With ``turn_detection = "smart"`` an open utterance does not end at ``endpoint_silence_ms``:
+its silence reaching ``turn_pause_ms`` is reported once (:class:`UtterancePaused`), speech after
+it is reported (:class:`UtteranceResumed`), and :meth:`Endpointer.end_turn` ends it when the
+turn model (or the wall clock) decides; ``turn_max_silence_ms`` of stream silence ends it in any
+case (reason ``max_silence``). :mod:`streaming.turns` has the policy. ``manual`` ends nothing at pauses.
+
 Per-frame work is vectorized over a feed (frame energies, the int16 conversion,
 one Silero call for all the feed's chunks) and the audio events of one feed are
 merged per utterance. One 1 MiB pcm_s16le frame (32.8 s of 16 kHz speech) costs
