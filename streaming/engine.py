@@ -346,6 +346,7 @@ class Engine:
                 if not self._running:
                     return
                 work, self._turns = self._turns, []
+            t0 = time.perf_counter()
             try:
                 scores = self.turn_model.score([audio for audio, _ in work])
             except Exception as exc:  # noqa: BLE001 - a failed score leaves the pause to its maximum silence
@@ -355,6 +356,11 @@ class Engine:
                 continue
             with self._cond:
                 self._stats.turn_scores += len(work)
+            if self.on_batch is not None:
+                try:
+                    self.on_batch("turn", len(work), time.perf_counter() - t0)
+                except Exception:  # noqa: BLE001 - a metrics fault must not stop turn scoring
+                    log.exception("on_batch hook failed")
             for (_, future), score in zip(work, scores, strict=True):
                 _settle(future, value=float(score))
 
