@@ -99,7 +99,7 @@ class ServerMetrics:
                                        registry=r)
         self.final = Histogram("asr_final_latency_seconds", "Server-side time from an utterance's end to its "
                                "final.", buckets=LATENCY_BUCKETS_S, registry=r)
-        self.batch_size = Histogram("asr_batch_size", "Utterances per engine batch, by kind (partial, final).",
+        self.batch_size = Histogram("asr_batch_size", "Utterances per engine batch, by kind (partial, final, eager, turn).",
                                     ["kind"], buckets=BATCH_SIZE_BUCKETS, registry=r)
         self.batch_seconds = Histogram("asr_batch_seconds", "Compute time of one engine batch, by kind.",
                                        ["kind"], buckets=BATCH_SECONDS_BUCKETS, registry=r)
