@@ -99,8 +99,8 @@ class ServerMetrics:
                                        registry=r)
         self.final = Histogram("asr_final_latency_seconds", "Server-side time from an utterance's end to its "
                                "final.", buckets=LATENCY_BUCKETS_S, registry=r)
-        self.batch_size = Histogram("asr_batch_size", "Utterances per engine batch, by kind (partial, final, eager, turn).",
-                                    ["kind"], buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.batch_size = Histogram("asr_batch_size",
+                                    "Utterances per engine batch, by kind (partial, final, eager, turn).", ["kind"], buckets=BATCH_SIZE_BUCKETS, registry=r)
         self.batch_seconds = Histogram("asr_batch_seconds", "Compute time of one engine batch, by kind.",
                                        ["kind"], buckets=BATCH_SECONDS_BUCKETS, registry=r)
         self.loop_lag = Histogram("asr_event_loop_lag_seconds", "How late the event loop ran a 20 ms timer "
