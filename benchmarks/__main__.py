@@ -1,4 +1,4 @@
-"""``python -m benchmarks bench|ramp|qwen3 ...``: the benchmarks' command line."""
+"""``python -m benchmarks bench|ramp|turns|qwen3 ...``: the benchmarks' command line."""
 
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ def _standalone() -> dict[str, tuple[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Subcommands over the configured model (bench, ramp) plus the standalone ones, listed for --help."""
+    """Subcommands over the configured model (bench, ramp, turns) plus the standalone ones, listed for --help."""
     from .bench import add_bench_arguments
     from .ramp import RAMP_DESCRIPTION, RAMP_EPILOG, add_ramp_arguments
+    from .turns import TURNS_DESCRIPTION, add_turns_arguments
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description="Benchmarks of the streaming server (run from the repo root).")
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog=RAMP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_ramp_arguments(ramp)
     _add_model_args(ramp)
+    turns = sub.add_parser("turns", help="false ends of turn and end-of-turn latency per turn-detection mode "
+                                         "(silence/smart), over real sockets", description=TURNS_DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_turns_arguments(turns)
+    _add_model_args(turns)
     for name, (_, help_text) in _standalone().items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -67,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         from .ramp import run_ramp
 
         return run_ramp(args, config)
+    if args.command == "turns":
+        from .turns import run_turns
+
+        return run_turns(args, config)
     from .bench import run_bench
 
     return run_bench(args, config)

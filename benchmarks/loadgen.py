@@ -64,6 +64,12 @@ class StreamResult:
         return [e for _, e in self.events if e["type"] == kind]
 
 
+def sent_at_s(stream_s: float, speed: float) -> float:
+    """When :func:`stream_audio` sends the audio at ``stream_s``, in seconds after its first audio (the clock of
+    :attr:`StreamResult.events`): the pace maps stream time to wall time; 0 when unpaced (all sent at once)."""
+    return stream_s / speed if speed > 0 else 0.0
+
+
 async def stream_audio(url: str, audio: np.ndarray, sample_rate: int = 16_000, *, chunk_s: float = 0.1,
                        speed: float = 1.0, use_msgpack: bool = False, start_fields: dict[str, Any] | None = None,
                        preroll_s: float = 0.15, timeout_s: float = 120.0,
@@ -84,10 +90,6 @@ async def stream_audio(url: str, audio: np.ndarray, sample_rate: int = 16_000, *
     client = StreamingClient(url, sample_rate=sample_rate, use_msgpack=use_msgpack, start_fields=start_fields or {},
                              reconnect=False, connect_timeout_s=30, ping_timeout_s=120, stop_timeout_s=timeout_s,
                              max_frame_s=chunk / sample_rate, max_ahead_s=chunk / sample_rate)
-
-    def wall_of(stream_s: float) -> float:
-        """Wall time (relative to t0) at which the audio at ``stream_s`` was sent."""
-        return stream_s / speed if speed > 0 else 0.0
 
     async def send() -> None:
         nonlocal t0
@@ -118,15 +120,16 @@ async def stream_audio(url: str, audio: np.ndarray, sample_rate: int = 16_000, *
                     uid = event.get("utterance_id")
                     if event["type"] == "partial" and uid not in result.utterances:
                         speech_s = min(event["start_s"] + preroll_s, event["end_s"])
-                        result.first_partial_latency_s.append(now - wall_of(speech_s))
-                        result.utterances[uid] = UtteranceTiming(uid, speech_s, now - wall_of(speech_s))
+                        result.first_partial_latency_s.append(now - sent_at_s(speech_s, speed))
+                        result.utterances[uid] = UtteranceTiming(uid, speech_s, now - sent_at_s(speech_s, speed))
                     elif event["type"] == "final" and event["text"]:
-                        result.final_latency_s.append(now - wall_of(event["end_s"]))
+                        result.final_latency_s.append(now - sent_at_s(event["end_s"], speed))
                         if uid not in result.utterances:  # no partial before it: the final is the first text
                             speech_s = min(event["start_s"] + preroll_s, event["end_s"])
-                            result.utterances[uid] = UtteranceTiming(uid, speech_s, now - wall_of(speech_s))
+                            result.utterances[uid] = UtteranceTiming(uid, speech_s, now - sent_at_s(speech_s, speed))
                         timing = result.utterances[uid]
-                        timing.speech_end_s, timing.final_latency_s = event["end_s"], now - wall_of(event["end_s"])
+                        timing.speech_end_s = event["end_s"]
+                        timing.final_latency_s = now - sent_at_s(event["end_s"], speed)
                         timing.text = event["text"]
         finally:
             if sender is not None:

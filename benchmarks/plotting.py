@@ -124,3 +124,36 @@ def plot_ramp(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_turns(report: dict[str, Any], path: Path) -> None:
+    """Turn-taking benchmark: end-of-turn latency (p50, bar up to p95) against false ends, a point per mode."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 6))
+    modes = list(dict.fromkeys(run["mode"] for run in report["runs"]))
+    colors = {mode: plt.get_cmap("tab10")(i % 10) for i, mode in enumerate(modes)}
+    markers = dict(zip(sorted({run["streams"] for run in report["runs"]}), "os^Dv<>p"))
+    for run in report["runs"]:
+        p50, p95 = run["final_latency_s"]["p50"], run["final_latency_s"]["p95"]
+        if p50 is None:
+            continue
+        x = 100 * (run["false_end_rate"] or 0.0)
+        ax.errorbar([x], [p50], yerr=[[0.0], [p95 - p50]], fmt=markers[run["streams"]], color=colors[run["mode"]],
+                    capsize=4, markersize=8)
+        ax.annotate(f"{run['mode']} x{run['streams']}", (x, p50), textcoords="offset points", xytext=(6, -10),
+                    fontsize=8, color=colors[run["mode"]])
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colors[m], marker="o", ls="", label=m) for m in modes]
+    handles += [Line2D([], [], color="k", marker=mk, ls="", label=f"{n} stream(s)") for n, mk in markers.items()]
+    ax.legend(handles=handles, fontsize=8, loc="upper right")
+    ax.set_xlabel("false end of turn at a hesitation pause (% of hesitation cases)")
+    ax.set_ylabel("final latency after the last word (s): p50, bar up to p95")
+    ax.set_xlim(left=-3)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{report['model']}: end-of-turn latency vs false ends "
+                 f"({report.get('hesitation_cases', 0)} hesitation + "
+                 f"{report.get('cases', 0) - report.get('hesitation_cases', 0)} complete cases)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
