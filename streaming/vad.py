@@ -231,6 +231,9 @@ class Endpointer:
         self._paused = False
         """Smart mode: an :class:`UtterancePaused` was reported for the current pause."""
         self._energies: list[float] = []
+        self._since_voiced: deque[tuple[int, np.ndarray, bool, bool]] = deque(maxlen=window + preroll)
+        """The open utterance's frames after its last voiced one (start, audio, voiced, confirmed): when the
+        turn ends in that silence they become the idle state's, as if it had ended at its last voiced frame."""
 
     @property
     def in_utterance(self) -> bool:
@@ -256,8 +259,10 @@ class Endpointer:
 
     def end_turn(self, reason: str = "end_of_turn") -> list[VadEvent]:
         """Smart mode: end the open utterance at its last voiced frame (the turn model or the wall
-        clock decided during a pause); the frames after it were silence and stay out of any utterance."""
-        return self._close(reason)
+        clock decided during a pause). The frames after it were silence: they stay out of this
+        utterance, and the next one's pre-roll may reach back into them, so where it starts does not
+        depend on when the decision came."""
+        return self._close(reason, replay_silence=True)
 
     @property
     def paused(self) -> bool:
@@ -278,6 +283,7 @@ class Endpointer:
         if options.preroll_ms != self.options.preroll_ms:
             frames = max(0, (options.preroll_ms + CONFIRM_LOOKBACK_MS) // options.frame_ms)
             self._preroll = deque(self._preroll, maxlen=frames)
+            self._since_voiced = deque(self._since_voiced, maxlen=self._recent.maxlen + frames)
         if options.speech_threshold != self.options.speech_threshold:
             self.classify.speech_threshold = options.speech_threshold
         self.options = options
@@ -292,6 +298,7 @@ class Endpointer:
         self._energies = []
         self._recent.clear()
         self._preroll.clear()
+        self._since_voiced.clear()
 
     def flush(self) -> list[VadEvent]:
         """End of stream: classify the incomplete last frame, close any open utterance."""
@@ -334,44 +341,51 @@ class Endpointer:
         self._position += audio.size
         audio = audio.copy()
         if self._open_id is None:
-            if len(self._recent) == self._recent.maxlen:
-                # The oldest frame leaves the recent window into the pre-roll ring.
-                s, a, _ = self._recent[0]
-                self._preroll.append((s, a))
-            self._recent.append((start, audio, voiced))
-            if self._pending_start is not None and self._pending_start < self._lookback_start():
-                self._pending_start = None  # too old to be the onset of what may be confirmed now
-            voiced_ms = sum(v for _, _, v in self._recent) * self.options.frame_ms
-            if voiced and voiced_ms >= self.options.speech_start_ms:
-                if confirmed:
-                    self._open(events)
-                elif self._pending_start is None:
-                    # Voiced enough but not (yet) confirmed: remember where it began, in case
-                    # the speech model agrees a little later (it lags onsets by up to ~0.3 s).
-                    self._pending_start = next(s for s, _, v in self._recent if v)
+            self._idle_frame(start, audio, voiced, confirmed, events)
             return
-        voiced = voiced and confirmed
         events.append(UtteranceAudio(self._open_id, audio))
         self._energies.append(energy)
-        if voiced:
+        if voiced and confirmed:
             if self._paused:
                 self._paused = False
                 events.append(UtteranceResumed(self._open_id, start))
             self._silence_frames = 0
             self._last_voiced_end = self._position
+            self._since_voiced.clear()
         else:
             self._silence_frames += 1
+            self._since_voiced.append((start, audio, voiced, confirmed))
+        voiced = voiced and confirmed
         silence_ms = self._silence_frames * self.options.frame_ms
         smart = self.options.turn_detection == "smart"
         if self._endpointing and silence_ms >= (self.options.turn_max_silence_ms if smart
                                                else self.options.endpoint_silence_ms):
-            events.extend(self._close("max_silence" if smart else "endpoint"))
+            events.extend(self._close("max_silence", replay_silence=True) if smart else self._close("endpoint"))
         elif smart and not self._paused and silence_ms >= self.options.turn_pause_ms:
             self._paused = True
             events.append(UtterancePaused(self._open_id, self._position, self._last_voiced_end))
         elif self._should_cut(energy, voiced):
             cut_at = self._position
             events.extend(self._close("max_length", end_sample=cut_at))
+
+    def _idle_frame(self, start: int, audio: np.ndarray, voiced: bool, confirmed: bool,
+                    events: list[VadEvent]) -> None:
+        """A frame outside any utterance (``start`` its first sample): may open one."""
+        if len(self._recent) == self._recent.maxlen:
+            # The oldest frame leaves the recent window into the pre-roll ring.
+            s, a, _ = self._recent[0]
+            self._preroll.append((s, a))
+        self._recent.append((start, audio, voiced))
+        if self._pending_start is not None and self._pending_start < self._lookback_start(start + audio.size):
+            self._pending_start = None  # too old to be the onset of what may be confirmed now
+        voiced_ms = sum(v for _, _, v in self._recent) * self.options.frame_ms
+        if voiced and voiced_ms >= self.options.speech_start_ms:
+            if confirmed:
+                self._open(events)
+            elif self._pending_start is None:
+                # Voiced enough but not (yet) confirmed: remember where it began, in case
+                # the speech model agrees a little later (it lags onsets by up to ~0.3 s).
+                self._pending_start = next(s for s, _, v in self._recent if v)
 
     @property
     def _endpointing(self) -> bool:
@@ -398,11 +412,12 @@ class Endpointer:
         self._energies = [frame_dbfs(a) for _, a in kept]
         self._recent.clear()
         self._preroll.clear()
+        self._since_voiced.clear()
         events.append(UtteranceStarted(self._open_id, start, audio))
 
-    def _lookback_start(self) -> int:
-        """Earliest start an utterance opened now may have (before the pre-roll)."""
-        return self._position - (self.options.speech_window_ms + CONFIRM_LOOKBACK_MS) * SAMPLE_RATE_HZ // 1000
+    def _lookback_start(self, position: int) -> int:
+        """Earliest start an utterance opened at ``position`` may have (before the pre-roll)."""
+        return position - (self.options.speech_window_ms + CONFIRM_LOOKBACK_MS) * SAMPLE_RATE_HZ // 1000
 
     def _should_cut(self, energy: float, voiced: bool) -> bool:
         """Near ``max_utterance_s``, cut at the first pause or unusually quiet frame; at the limit, cut."""
@@ -418,7 +433,11 @@ class Endpointer:
         # A frame 12 dB below the utterance's typical level is a breath or a word boundary.
         return energy <= float(np.median(self._energies)) - 12.0
 
-    def _close(self, reason: str, end_sample: int | None = None, include_tail: bool = False) -> list[VadEvent]:
+    def _close(self, reason: str, end_sample: int | None = None, include_tail: bool = False,
+               replay_silence: bool = False) -> list[VadEvent]:
+        """End the open utterance. ``replay_silence``: it ends at its last voiced frame and the frames
+        after it go through the idle state machine (none of them can open an utterance: none was
+        voiced and confirmed), so the idle state is the same whenever the end is decided."""
         if self._open_id is None:
             return []
         if end_sample is None:
@@ -430,6 +449,13 @@ class Endpointer:
         self._silence_frames = 0
         self._energies = []
         self._recent.clear()
+        tail, self._since_voiced = list(self._since_voiced), deque(maxlen=self._since_voiced.maxlen)
+        events: list[VadEvent] = []
+        if replay_silence:
+            for start, audio, voiced, confirmed in tail:
+                if start >= end_sample:
+                    self._idle_frame(start, audio, voiced, confirmed, events)
+        assert not events, "a frame of the silence after an utterance opened another"
         return [event]
 
 

@@ -137,6 +137,25 @@ def test_an_end_during_a_pause_ends_at_the_speech(end):
     assert not ep.paused and not ep.in_utterance
 
 
+@pytest.mark.parametrize("decided_after_s", [0.2, 0.45, 0.75])
+def test_the_next_utterance_after_a_turn_end_starts_where_its_audio_says(decided_after_s):
+    """Whenever in the pause the turn is ended, the next utterance gets the same pre-roll from that
+    pause's audio: the silence after the last word goes to the idle state, not away with the utterance."""
+    ep = Endpointer(smart_vad(), classify=loud)
+    gap = silence(0.8) + np.linspace(0, 1e-4, int(0.8 * SR), dtype=np.float32)  # distinct samples
+    cut = int(decided_after_s * SR)
+    feed(ep, tone(1.0), gap[:cut])
+    assert ep.paused
+    ended = [e for e in ep.end_turn() if isinstance(e, UtteranceEnded)]
+    assert ended[0].end_sample == pytest.approx(1.0 * SR, abs=480)
+    events = [e for e in ep.feed(gap[cut:]) + ep.feed(tone(0.5)) if isinstance(e, UtteranceStarted)]
+    (started,) = events
+    preroll = VadOptions().preroll_ms * SR // 1000
+    assert started.start_sample == pytest.approx(1.8 * SR - preroll, abs=480)
+    head = started.audio[: int(1.8 * SR) - started.start_sample]
+    assert np.array_equal(head, gap[started.start_sample - SR:])
+
+
 def test_silence_and_manual_modes_report_no_pauses():
     silent = Endpointer(dataclasses.replace(VadOptions(), endpoint_silence_ms=600), classify=loud)
     events = feed(silent, tone(1.0), silence(0.3), tone(0.5), silence(0.7))

@@ -358,11 +358,6 @@ async def test_deepgram_high_eagerness_ends_the_turn_at_a_pause_the_model_calls_
     assert first["start"] + first["duration"] <= LEAD_S + LJ29_PAUSE_S  # the first turn's audio ends at the pause
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "streaming/vad.py Endpointer: while a smart-mode pause is judged its frames go to the open utterance "
-    "(the session holds them and drops them when the turn ends), and end_turn() leaves the pre-roll ring "
-    "empty, so the next utterance's pre-roll only reaches back to the audio received after the model's "
-    "answer: its start (and the audio before its first word) depends on when the answer came"))
 async def test_the_turn_after_an_end_of_turn_starts_where_its_audio_says(server, clips):
     """The same audio, the client waiting for the model's answer at two points of the same pause: the
     turn after it must start at the same place (its pre-roll comes from the audio, not the clock)."""
