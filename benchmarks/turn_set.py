@@ -5,8 +5,12 @@ the turn ends at the clip's last word. *Hesitation*: the same, with a 500-800 ms
 mid-sentence, at the widest quiet gap between two words 35-65 % of the way through the speech,
 cut at that gap's middle (:func:`choose_cut`). Every added stretch (lead-in, pause, tail) is the
 clip's own background: its quietest 30 ms frames overlap-added in a seeded order, so a pause
-sounds like a pause in that recording, not digital zero. Word times come from the benchmark's
-cache (:mod:`benchmarks.turns`); all times here are seconds of the case's audio ("stream time").
+sounds like a pause in that recording, not digital zero; frames inside words (with a margin: the
+word times are a model's) are left out of it, so a fill of a clip trimmed tight to its speech is not
+made of the quiet ends of its words. Word times come from the benchmark's cache
+(:mod:`benchmarks.turns`); they tend to end a clip's last word early, so a case's end of speech
+is where the sound of that word ends (:func:`heard_end_s`). All times here are seconds of the
+case's audio ("stream time").
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ QUIET_FRACTION = 0.1
 """The quietest tenth of a clip's frames is its background."""
 DIGITAL_SILENCE_DBFS = -90.0
 """Frames quieter than this are padding (digital zero or near it), not background."""
+BACKGROUND_MAX_DBFS = -50.0
+"""Louder frames are not a pause's background (a breath, a word the word times missed, a crowd)."""
 FALLBACK_NOISE_DBFS = -70.0
 """Level of the seeded noise that stands in for a clip without any background frames."""
 QUIET_MARGIN_DB = 10.0
@@ -46,6 +52,13 @@ SNAP_S = 0.06
 """How far beyond a gap's word times a quiet cut point is looked for."""
 FADE_S = 0.005
 """Cross-fade at every join of speech and background (no click)."""
+WORD_MARGIN_S = (0.05, 0.15)
+"""Frames this close before a word's start or after its end are still the word, not background."""
+END_SEARCH_S = 0.4
+"""How far past the last word's end (word times) its sound is looked for."""
+END_ABOVE_BACKGROUND_DB = 20.0
+END_MIN_DBFS = -45.0
+"""The last word sounds where it is this much above the background, and at least this loud."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +106,20 @@ def frame_levels_dbfs(audio: np.ndarray, frame: int) -> np.ndarray:
     return frames_dbfs(audio[: n * frame].reshape(n, frame)) if n else np.zeros(0)
 
 
-def background(audio: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
-    """``samples`` of ``audio``'s background: its quietest frames (not padding), overlap-added in random order.
+def outside_words(frames: int, words: Sequence[TimedWord]) -> np.ndarray:
+    """Which of ``frames`` frames of :data:`FRAME_S` lie wholly outside every word (with :data:`WORD_MARGIN_S`)."""
+    keep = np.ones(frames, bool)
+    for w in words:
+        lo = max(0, int((w.start_s - WORD_MARGIN_S[0]) / FRAME_S))
+        hi = min(frames, int(np.ceil((w.end_s + WORD_MARGIN_S[1]) / FRAME_S)))
+        keep[lo:hi] = False
+    return keep
+
+
+def background(audio: np.ndarray, samples: int, rng: np.random.Generator,
+               words: Sequence[TimedWord] = ()) -> np.ndarray:
+    """``samples`` of ``audio``'s background: its quietest frames outside ``words`` (not padding, and
+    at most :data:`BACKGROUND_MAX_DBFS`), overlap-added in random order.
 
     Square-root Hann windows at half overlap keep the power of uncorrelated frames, so the fill
     has the background's level without clicks. A clip with no such frames gets faint noise.
@@ -102,7 +127,8 @@ def background(audio: np.ndarray, samples: int, rng: np.random.Generator) -> np.
     frame = int(FRAME_S * SAMPLE_RATE_HZ)
     hop = frame // 2
     levels = frame_levels_dbfs(audio, frame)
-    usable = np.flatnonzero(levels > DIGITAL_SILENCE_DBFS)
+    usable = np.flatnonzero((levels > DIGITAL_SILENCE_DBFS) & (levels <= BACKGROUND_MAX_DBFS)
+                            & outside_words(levels.size, words))
     if usable.size < 3:
         return rng.normal(0.0, 10 ** (FALLBACK_NOISE_DBFS / 20), samples).astype(np.float32)
     count = max(3, int(round(QUIET_FRACTION * usable.size)))
@@ -132,6 +158,20 @@ def background_dbfs(audio: np.ndarray) -> float:
     levels = frame_levels_dbfs(audio, int(FRAME_S * SAMPLE_RATE_HZ))
     levels = levels[levels > DIGITAL_SILENCE_DBFS]
     return float(np.percentile(levels, 100 * QUIET_FRACTION)) if levels.size >= 3 else FALLBACK_NOISE_DBFS
+
+
+def heard_end_s(audio: np.ndarray, words: Sequence[TimedWord]) -> float:
+    """Where the clip's speech ends: the end of the last 10 ms after the last word's start that is
+    :data:`END_ABOVE_BACKGROUND_DB` above the background (within :data:`END_SEARCH_S` past the word
+    times' end), or the word times' end when that is later or nothing is that loud."""
+    last = words[-1]
+    step = SAMPLE_RATE_HZ // 100
+    lo = int(last.start_s * SAMPLE_RATE_HZ)
+    hi = min(audio.size, int((last.end_s + END_SEARCH_S) * SAMPLE_RATE_HZ))
+    levels = frame_levels_dbfs(audio[lo:hi], step)
+    loud = np.flatnonzero(levels >= max(background_dbfs(audio) + END_ABOVE_BACKGROUND_DB, END_MIN_DBFS))
+    heard_s = (lo + (int(loud[-1]) + 1) * step) / SAMPLE_RATE_HZ if loud.size else 0.0
+    return max(last.end_s, heard_s)
 
 
 def quietest_point(audio: np.ndarray, lo: int, hi: int) -> tuple[int, float]:
@@ -191,12 +231,12 @@ def complete_case(clip_id: str, text: str, audio: np.ndarray, words: Sequence[Ti
     """The clip as one whole turn: lead-in background, the speech, ~2.5 s of background."""
     rng = np.random.default_rng([clip_seed(clip_id, seed), 0])
     fade = int(FADE_S * SAMPLE_RATE_HZ)
-    lead = background(audio, int(LEAD_S * SAMPLE_RATE_HZ) + fade, rng)
-    tail = background(audio, int(TRAIL_S * SAMPLE_RATE_HZ) + fade, rng)
+    lead = background(audio, int(LEAD_S * SAMPLE_RATE_HZ) + fade, rng, words)
+    tail = background(audio, int(TRAIL_S * SAMPLE_RATE_HZ) + fade, rng, words)
     out = join([lead, audio, tail], fade)
     offset_s = (lead.size - fade) / SAMPLE_RATE_HZ
     return TurnCase(f"{clip_id}/complete", clip_id, "complete", text, out, round(words[0].start_s + offset_s, 3),
-                    round(words[-1].end_s + offset_s, 3))
+                    round(heard_end_s(audio, words) + offset_s, 3))
 
 
 def hesitation_case(clip_id: str, text: str, audio: np.ndarray, words: Sequence[TimedWord],
@@ -210,9 +250,9 @@ def hesitation_case(clip_id: str, text: str, audio: np.ndarray, words: Sequence[
     rng = np.random.default_rng([clip_seed(clip_id, seed), 1])
     fade = int(FADE_S * SAMPLE_RATE_HZ)
     pause = int(round(rng.uniform(*PAUSE_RANGE_S) * SAMPLE_RATE_HZ))
-    lead = background(audio, int(LEAD_S * SAMPLE_RATE_HZ) + fade, rng)
-    gap = background(audio, pause + 2 * fade, rng)  # its fades overlap the speech, so all of the pause is background
-    tail = background(audio, int(TRAIL_S * SAMPLE_RATE_HZ) + fade, rng)
+    lead = background(audio, int(LEAD_S * SAMPLE_RATE_HZ) + fade, rng, words)
+    gap = background(audio, pause + 2 * fade, rng, words)  # its fades overlap the speech: all the pause is fill
+    tail = background(audio, int(TRAIL_S * SAMPLE_RATE_HZ) + fade, rng, words)
     out = join([lead, audio[:cut], gap, audio[cut:], tail], fade)
     offset_s = (lead.size - fade) / SAMPLE_RATE_HZ
     cut_s = cut / SAMPLE_RATE_HZ + offset_s
@@ -223,7 +263,7 @@ def hesitation_case(clip_id: str, text: str, audio: np.ndarray, words: Sequence[
         return round(clip_s + offset_s + (pause_s if clip_s + offset_s >= cut_s else 0.0), 3)
 
     return TurnCase(f"{clip_id}/hesitation", clip_id, "hesitation", text, out, stream_s(words[0].start_s),
-                    stream_s(words[-1].end_s), (round(cut_s, 3), round(cut_s + pause_s, 3)),
+                    stream_s(heard_end_s(audio, words)), (round(cut_s, 3), round(cut_s + pause_s, 3)),
                     (stream_s(min(before.end_s, cut / SAMPLE_RATE_HZ)),
                      stream_s(max(after.start_s, cut / SAMPLE_RATE_HZ))))
 

@@ -24,6 +24,7 @@ from benchmarks.turn_set import (
     choose_cut,
     complete_case,
     frame_levels_dbfs,
+    heard_end_s,
     hesitation_case,
     spread,
 )
@@ -161,6 +162,31 @@ def test_background_of_a_clip_with_digital_silence_is_faint_noise_not_zero():
     padded, _ = spoken(words_at(EVEN), 4.0, noise_dbfs=-50)
     padded = np.concatenate([np.zeros(SR, np.float32), padded])  # zero padding is not the background
     assert background_dbfs(padded) > -60 and level(background(padded, 8000, rng)) > -60
+
+
+def test_background_leaves_out_the_words_and_anything_loud():
+    """A clip trimmed tight to its speech: its quietest frames are word ends and a breath (-30 dBFS,
+    outside the word times), not background; the fill is faint noise instead. With quiet room tone
+    between the words, the fill is that room tone."""
+    rng = np.random.default_rng(0)
+    layout = words_at(EVEN)
+    tight, words = spoken(layout, 3.7, noise_dbfs=-95, loud=[(3.6, 3.7)])
+    fill = background(tight, 8000, rng, words)
+    assert level(fill) == pytest.approx(FALLBACK_NOISE_DBFS, abs=1)
+    roomy, words = spoken(words_at(shifted(EVEN, 4, 1.0)), 5.0, noise_dbfs=-60)
+    assert level(background(roomy, 8000, rng, words)) == pytest.approx(-60, abs=2)
+
+
+@pytest.mark.parametrize("word_end_s, sound_end_s, expected_s", [
+    (2.0, 2.2, 2.2),    # the word times end the word early: its sound decides
+    (2.0, 2.0, 2.0),
+    (2.2, 2.0, 2.2),    # they end it late: the word times (never earlier than they say)
+    (2.0, 2.6, 2.4),    # sound far past them is looked for only END_SEARCH_S on
+])
+def test_the_end_of_speech_is_where_the_last_word_stops_sounding(word_end_s, sound_end_s, expected_s):
+    audio, _ = spoken([(0.5, 1.0), (1.6, sound_end_s)], 3.5, noise_dbfs=-65)
+    words = [TimedWord("a", 0.5, 1.0), TimedWord("b", 1.6, word_end_s)]
+    assert heard_end_s(audio, words) == pytest.approx(expected_s, abs=0.011)
 
 
 def test_spread():
