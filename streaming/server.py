@@ -67,7 +67,8 @@ class StreamingServer:
                              turn_model=self.turn_model)
         self.model_info = ModelInfo(backend.name, backend.supports_window, backend.max_utterance_s,
                                     backend.validate_options, turn_model=self.turn_model is not None,
-                                    eager_decodes=backend.supports_eager)
+                                    eager_decodes=backend.supports_eager,
+                                    final_reuses_partial=backend.final_reuses_partial)
         self.web_dir = Path(config.server.web_dir) if config.server.web_dir else REPO_ROOT / "web"
         self.sessions: dict[str, _Connection] = {}
         """Started sessions (admitted at their ``start``)."""

@@ -125,6 +125,8 @@ class ModelInfo:
     """Whether an end-of-turn model is loaded (``turn_detection = "smart"`` needs one)."""
     eager_decodes: bool = True
     """Whether the backend can decode an open utterance (``eager_end_of_turn`` needs it)."""
+    final_reuses_partial: bool = False
+    """Whether a final right after a partial of the same audio reuses its work (see ``Backend``)."""
 
 
 @dataclass
@@ -575,9 +577,9 @@ class Session:
         # The timer first: a shell that answers the score at once may end the turn, cancelling it.
         self._emit(Wake(max(0.0, vad.turn_max_silence_ms - vad.turn_pause_ms) / 1000))
         self._emit(ScoreTurn(utt.utterance_id, pause, utt.turns.score_audio()))
-        if self.options.partials and utt.samples > utt.samples_at_last_request:
+        if self.model.final_reuses_partial and self.options.partials and utt.samples > utt.samples_at_last_request:
             # A partial of all the audio up to the pause, while the model scores it: the client sees the
-            # words before the turn ends, and a final over the same window reuses its encoder output.
+            # words before the turn ends, and a final over the same audio reuses its work.
             self._request_partial(utt)
 
     def _resumed(self, utt: _Utterance, event: UtteranceResumed) -> None:

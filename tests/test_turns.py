@@ -170,9 +170,10 @@ def test_silence_and_manual_modes_report_no_pauses():
 class TurnDriver:
     """A typed Session whose engine is a CountingBackend answered inline; turn scores are scripted."""
 
-    def __init__(self, scores=(), eager_decodes=True, turn_model=True, **start):
+    def __init__(self, scores=(), eager_decodes=True, turn_model=True, final_reuses_partial=False, **start):
         self.backend = CountingBackend()
-        info = ModelInfo("counting", turn_model=turn_model, eager_decodes=eager_decodes)
+        info = ModelInfo("counting", turn_model=turn_model, eager_decodes=eager_decodes,
+                         final_reuses_partial=final_reuses_partial)
         self.session = Session("s", Config(), info, classify=loud)
         self.scores = list(scores)
         self.states = {}
@@ -181,6 +182,7 @@ class TurnDriver:
         self.eagers: list[RequestEager] = []
         self.wakes: list[float | None] = []
         self.final_audio: dict[int, int] = {}
+        self.partial_audio: list[int] = []
         self.closed = None
         self.run(self.session.handle(ev.Start(options={"turn_detection": "smart", "turn_pause_ms": 150,
                                                        "turn_max_silence_ms": 1500, **start})))
@@ -202,6 +204,7 @@ class TurnDriver:
                 self.states[a.utterance_id].append_audio(a.audio)
             elif isinstance(a, RequestPartial):
                 st = self.states[a.utterance_id]
+                self.partial_audio.append(st.num_samples)
                 self.run(self.session.partial_ready(a.utterance_id, self.backend.step([st])[0]))
             elif isinstance(a, RequestFinal):
                 st = self.states[a.utterance_id]
@@ -239,6 +242,17 @@ def test_a_complete_turn_ends_at_the_pause():
     paused_at = d.asked[0].audio.size
     assert d.final_audio[0] == paused_at
     assert d.wakes == [pytest.approx(1.35), None]
+
+
+@pytest.mark.parametrize("reuses", [True, False])
+def test_a_pause_asks_for_a_partial_only_when_the_final_would_reuse_it(reuses):
+    """A partial at the pause shows the latest words while the model scores; unless the final reuses its
+    work, it only holds the worker when the final is due, so it is not asked for."""
+    d = TurnDriver(scores=[0.99], final_reuses_partial=reuses, step_s=5.0)
+    d.audio(np.concatenate([tone(1.0), silence(0.4)]))
+    assert len(d.asked) == 1 and d.final_audio
+    expected = [d.final_audio[0]] if reuses else []  # of all the audio to the pause: what the final decodes
+    assert d.partial_audio == expected
 
 
 def test_a_hesitation_stays_one_utterance_and_loses_no_audio():

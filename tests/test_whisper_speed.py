@@ -138,6 +138,8 @@ def test_short_window_finals_reuse_the_last_partials_encoding(random_assets):
     assert runs == [500]  # one encoder pass of a 5 s window (500 mel frames), shared by partial and final
     fresh = backend.finalize([_state(backend, _noise(2.0, seed=4))])[0]
     assert runs == [500, 500] and final.text == fresh.text
+    assert backend.final_reuses_partial
+    assert not _backend(random_assets, partial_window_s=5.0, final_window_s=0.0).final_reuses_partial
 
 
 def test_finals_are_identical_with_short_window_partials_on_and_off(random_assets):

@@ -76,6 +76,10 @@ class Backend(abc.ABC):
     """Longest utterance this backend can decode in one piece."""
     supports_eager: bool = True
     """Whether :meth:`finalize_open` works (eager ends of turn; smart turn detection works without it)."""
+    final_reuses_partial: bool = False
+    """Whether a final right after a partial over the same audio reuses that partial's work. Smart turn
+    detection asks for a partial at each pause only then: otherwise that partial holds the worker
+    while the turn model decides, and a final that comes at once waits for it."""
 
     def validate_options(self, options: UtteranceOptions) -> None:
         """Raise :class:`OptionError` if this backend cannot honour ``options``."""

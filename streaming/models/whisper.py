@@ -219,6 +219,12 @@ class WhisperBackend(Backend):
     supports_window = False
     max_utterance_s = 30.0
 
+    @property
+    def final_reuses_partial(self) -> bool:  # type: ignore[override]
+        """A final encodes the partials' window (``final_window_s`` = ``partial_window_s``), so right after
+        a partial of the same audio it skips the encoder (:meth:`_encode`)."""
+        return self.decoding.final_window_s == self.decoding.partial_window_s
+
     def __init__(self, assets: WhisperAssets, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                  threads: int | None = None, decoding: WhisperDecodingOptions | None = None) -> None:
         self.device = torch.device(device)
