@@ -35,7 +35,7 @@ from streaming.evaluation import REPO_ROOT, Clip, eval_dir, load_manifest, wer
 from .loadgen import sent_at_s, stream_audio
 from .plotting import plot_turns
 from .report import latency_summary
-from .turn_set import TimedWord, TurnCase, cases_of_clip, complete_case, spread
+from .turn_set import SAMPLE_RATE_HZ, TimedWord, TurnCase, cases_of_clip, complete_case, spread
 
 log = logging.getLogger("benchmarks.turns")
 
@@ -308,7 +308,7 @@ def wer_cases(clips: Sequence[Clip], words: dict[str, list[TimedWord]], seed: in
     cases = []
     for clip in clips:
         audio = clip.load()
-        timed = words.get(clip.id) or [TimedWord("", 0.0, audio.size / 16_000)]
+        timed = words.get(clip.id) or [TimedWord("", 0.0, audio.size / SAMPLE_RATE_HZ)]
         cases.append(complete_case(clip.id, clip.text, audio, timed, seed))
     return cases
 

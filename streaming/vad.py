@@ -345,7 +345,8 @@ class Endpointer:
             return
         events.append(UtteranceAudio(self._open_id, audio))
         self._energies.append(energy)
-        if voiced and confirmed:
+        speech = voiced and confirmed
+        if speech:
             if self._paused:
                 self._paused = False
                 events.append(UtteranceResumed(self._open_id, start))
@@ -355,7 +356,6 @@ class Endpointer:
         else:
             self._silence_frames += 1
             self._since_voiced.append((start, audio, voiced, confirmed))
-        voiced = voiced and confirmed
         silence_ms = self._silence_frames * self.options.frame_ms
         smart = self.options.turn_detection == "smart"
         if self._endpointing and silence_ms >= (self.options.turn_max_silence_ms if smart
@@ -364,7 +364,7 @@ class Endpointer:
         elif smart and not self._paused and silence_ms >= self.options.turn_pause_ms:
             self._paused = True
             events.append(UtterancePaused(self._open_id, self._position, self._last_voiced_end))
-        elif self._should_cut(energy, voiced):
+        elif self._should_cut(energy, speech):
             cut_at = self._position
             events.extend(self._close("max_length", end_sample=cut_at))
 
@@ -449,13 +449,13 @@ class Endpointer:
         self._silence_frames = 0
         self._energies = []
         self._recent.clear()
-        tail, self._since_voiced = list(self._since_voiced), deque(maxlen=self._since_voiced.maxlen)
-        events: list[VadEvent] = []
-        if replay_silence:
-            for start, audio, voiced, confirmed in tail:
-                if start >= end_sample:
-                    self._idle_frame(start, audio, voiced, confirmed, events)
-        assert not events, "a frame of the silence after an utterance opened another"
+        tail = list(self._since_voiced) if replay_silence else []
+        self._since_voiced.clear()
+        opened: list[VadEvent] = []
+        for start, audio, voiced, confirmed in tail:
+            if start >= end_sample:
+                self._idle_frame(start, audio, voiced, confirmed, opened)
+        assert not opened, "a frame of the silence after an utterance opened another"
         return [event]
 
 
