@@ -219,6 +219,10 @@ def summarize(mode: str, streams: int, cases: Sequence[TurnCase], scores: Sequen
         "wer_hesitation": _wer([c for c, _ in hes_pairs], [s for _, s in hes_pairs]),
         "missing_finals": sum(s.missing_final for s in scores), "errors": sum(s.error is not None for s in scores),
         "end_reasons": dict(Counter(s.end_reason or "none" for s in scores if not s.missing_final)),
+        "final_latency_by_reason_s": {
+            reason: latency_summary([s.final_latency_s for s in scores
+                                     if s.end_reason == reason and s.final_latency_s is not None])
+            for reason in sorted({s.end_reason for s in scores if s.end_reason and not s.missing_final})},
         "wall_s": round(wall_s, 1),
     }
 

@@ -192,6 +192,10 @@ class VadOptions:
     eager_end_of_turn: bool = opt(False, start=True)
     """Smart mode: send ``eager_end_of_turn`` with the transcript when a pause probably ends the turn
     (``turn_resumed`` takes it back if speech follows; the final then reuses that decode)."""
+    turn_prefetch: bool = True
+    """Smart mode: decode the utterance at every pause while the turn model scores it, so a turn the
+    model ends has its final (that decode) without waiting for a decoder; the decode is eager work,
+    dropped first under load, and wasted when speech resumes. False: decode only once the turn ends."""
     preroll_ms: int = opt(150, low=0, high=1000, start=True)
     """Audio kept before the detected start so first words are not clipped."""
     max_utterance_s: float = opt(25.0, low=2.0, high=120.0, start=True)

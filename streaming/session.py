@@ -577,7 +577,11 @@ class Session:
         # The timer first: a shell that answers the score at once may end the turn, cancelling it.
         self._emit(Wake(max(0.0, vad.turn_max_silence_ms - vad.turn_pause_ms) / 1000))
         self._emit(ScoreTurn(utt.utterance_id, pause, utt.turns.score_audio()))
-        if self.model.final_reuses_partial and self.options.partials and utt.samples > utt.samples_at_last_request:
+        if vad.turn_prefetch and self.model.eager_decodes:
+            # The final-to-be, decoded while the model scores: if the turn ends it is the final.
+            utt.turns.eager_asked = True
+            self._emit(RequestEager(utt.utterance_id, pause))
+        elif self.model.final_reuses_partial and self.options.partials and utt.samples > utt.samples_at_last_request:
             # A partial of all the audio up to the pause, while the model scores it: the client sees the
             # words before the turn ends, and a final over the same audio reuses its work.
             self._request_partial(utt)
@@ -606,16 +610,28 @@ class Session:
         decision = decide(probability, vad.turn_eagerness, vad.eager_end_of_turn)
         if decision is Decision.END:
             self._vad_events(self._endpointer.end_turn("end_of_turn"))
-        elif decision is Decision.EAGER and not utt.turns.eager_asked:
-            utt.turns.eager_asked = True
-            self._emit(RequestEager(utterance_id, pause))
+        elif decision is Decision.EAGER:
+            utt.turns.eager_wanted = True
+            if utt.turns.eager_text is not None:
+                self._send_eager(utt)
+            elif not utt.turns.eager_asked:
+                utt.turns.eager_asked = True
+                self._emit(RequestEager(utterance_id, pause))
 
     def _eager_ready(self, utterance_id: int, pause: int, result: FinalResult | None) -> None:
         utt = self._judged(utterance_id, pause)
-        if utt is None or result is None or utt.turns.eager_sent:
+        if utt is None or result is None:
+            return
+        utt.turns.eager_text = result.text.strip()
+        if utt.turns.eager_wanted:
+            self._send_eager(utt)
+
+    def _send_eager(self, utt: _Utterance) -> None:
+        """``eager_end_of_turn`` with the current pause's decode (once per pause)."""
+        if utt.turns.eager_sent or utt.turns.eager_text is None:
             return
         utt.turns.eager_sent = True
-        self._event(ev.EagerEndOfTurn(utterance_id, result.text.strip(), self._time(utt.start_sample),
+        self._event(ev.EagerEndOfTurn(utt.utterance_id, utt.turns.eager_text, self._time(utt.start_sample),
                                       self._time(utt.start_sample + utt.samples)))
 
     def _wake(self) -> None:

@@ -15,6 +15,10 @@ turns that probability into one of three answers with the thresholds of the sess
   (counted in stream audio by the endpointer, and on the wall clock by a timer while the
   client sends nothing), which ends it with reason ``max_silence``.
 
+With ``turn_prefetch`` (the default) the decode starts at the pause, beside the model's scoring,
+whatever the answer will be: a turn the model ends then has its final as soon as that decode is
+done (the engine hands it over), instead of waiting for the answer and then for a decoder.
+
 While a pause is judged the utterance's new audio is *held*, not fed to the model: if the turn
 ends, the utterance's audio ends at the pause, so the final is exactly the decode an eager end
 of turn made of it; if speech resumes, the held audio is fed first and nothing is lost.
@@ -91,6 +95,10 @@ class PauseTracker:
         """An eager decode was requested for the current pause."""
         self.eager_sent = False
         """``eager_end_of_turn`` went out for the current pause (a resume must retract it)."""
+        self.eager_wanted = False
+        """The model's answer for the current pause was ``EAGER``: send the text once the decode is in."""
+        self.eager_text: str | None = None
+        """The current pause's decode, when it finished before the model's answer (prefetch)."""
         self._held: list[np.ndarray] = []
         self._tail: deque[np.ndarray] = deque()
         self._tail_samples = 0
@@ -111,7 +119,8 @@ class PauseTracker:
         """A pause was reached at ``at_sample``; returns its number."""
         self.pause += 1
         self.paused, self.at_sample = True, at_sample
-        self.eager_asked = self.eager_sent = False
+        self.eager_asked = self.eager_sent = self.eager_wanted = False
+        self.eager_text = None
         return self.pause
 
     def current(self, pause: int) -> bool:
@@ -122,7 +131,8 @@ class PauseTracker:
         """Speech came back: the held audio (to feed, in order) and whether an eager text must be retracted."""
         held, retract = self._held, self.eager_sent
         self._held = []
-        self.paused = self.eager_asked = self.eager_sent = False
+        self.paused = self.eager_asked = self.eager_sent = self.eager_wanted = False
+        self.eager_text = None
         return held, retract
 
     def end(self) -> None:

@@ -313,6 +313,8 @@ def test_summarize_one_run():
     assert run["eager_latency_s"] == {"p50": 0.3, "p95": 0.3, "n": 1} and run["eager_events"] == 1
     assert run["eager_matches_final_rate"] == 1.0
     assert run["missing_finals"] == 1 and run["errors"] == 1 and run["end_reasons"] == {"endpoint": 3}
+    assert set(run["final_latency_by_reason_s"]) == {"endpoint"}
+    assert run["final_latency_by_reason_s"]["endpoint"] == run["final_latency_s"]
     assert run["wer_complete"] == 0.0 and run["wer_hesitation"] == 0.5 and run["wall_s"] == 12.3
 
 

@@ -170,11 +170,13 @@ def test_silence_and_manual_modes_report_no_pauses():
 class TurnDriver:
     """A typed Session whose engine is a CountingBackend answered inline; turn scores are scripted."""
 
-    def __init__(self, scores=(), eager_decodes=True, turn_model=True, final_reuses_partial=False, **start):
+    def __init__(self, scores=(), eager_decodes=True, turn_model=True, final_reuses_partial=False, prefetch=True,
+                 **start):
         self.backend = CountingBackend()
         info = ModelInfo("counting", turn_model=turn_model, eager_decodes=eager_decodes,
                          final_reuses_partial=final_reuses_partial)
-        self.session = Session("s", Config(), info, classify=loud)
+        config = Config(vad=dataclasses.replace(VadOptions(), turn_prefetch=prefetch))
+        self.session = Session("s", config, info, classify=loud)
         self.scores = list(scores)
         self.states = {}
         self.events: list = []
@@ -248,7 +250,7 @@ def test_a_complete_turn_ends_at_the_pause():
 def test_a_pause_asks_for_a_partial_only_when_the_final_would_reuse_it(reuses):
     """A partial at the pause shows the latest words while the model scores; unless the final reuses its
     work, it only holds the worker when the final is due, so it is not asked for."""
-    d = TurnDriver(scores=[0.99], final_reuses_partial=reuses, step_s=5.0)
+    d = TurnDriver(scores=[0.99], final_reuses_partial=reuses, prefetch=False, step_s=5.0)
     d.audio(np.concatenate([tone(1.0), silence(0.4)]))
     assert len(d.asked) == 1 and d.final_audio
     expected = [d.final_audio[0]] if reuses else []  # of all the audio to the pause: what the final decodes
@@ -294,10 +296,34 @@ def test_the_wall_clock_ends_a_pause_when_the_client_sends_nothing():
     assert d.kinds() == ["start", "end", "final"]
 
 
-def test_eager_off_sends_no_eager_event():
-    d = TurnDriver(scores=[0.8])
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_eager_off_sends_no_eager_event(prefetch):
+    d = TurnDriver(scores=[0.8], prefetch=prefetch)
     d.audio(np.concatenate([tone(1.5), silence(0.3)]))
-    assert d.eagers == [] and d.kinds() == ["start"]
+    assert len(d.eagers) == (1 if prefetch else 0) and d.kinds() == ["start"]
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_prefetch_decodes_at_the_pause_before_the_model_answers(prefetch):
+    """With prefetch the decode is asked for with the score (the final of an ended turn is then that decode,
+    handed over by the engine); without it, only once the model answers EAGER."""
+    d = TurnDriver(prefetch=prefetch, eager_end_of_turn=True)  # answers scripted by hand
+    d.audio(np.concatenate([tone(1.5), silence(0.3)]))
+    pause = d.asked[0]
+    assert len(d.eagers) == (1 if prefetch else 0)
+    assert d.kinds() == ["start"]  # a decode, but no eager event until the model says so
+    d.run(d.session.turn_scored(pause.utterance_id, pause.pause, 0.8))
+    assert len(d.eagers) == 1 and d.kinds() == ["start", "eager"]  # never a second decode of the pause
+    d.run(d.session.turn_scored(pause.utterance_id, pause.pause, 0.8))
+    assert d.kinds() == ["start", "eager"]  # once per pause
+
+
+def test_a_prefetched_decode_is_not_sent_when_the_model_says_wait_and_the_next_pause_decodes_anew():
+    d = TurnDriver(scores=[0.1, 0.8], eager_end_of_turn=True)
+    d.audio(np.concatenate([tone(1.5), silence(0.3), tone(1.0), silence(0.3)]))
+    assert [e.pause for e in d.eagers] == [1, 2]
+    assert d.kinds() == ["start", "eager"]  # the first pause's text (WAIT) never went out
+    assert len(d.of(ev.EagerEndOfTurn)[0].text.split()) > 3  # all the audio to the second pause
 
 
 def test_a_score_for_an_old_pause_is_stale():
