@@ -1,4 +1,4 @@
-"""``python -m benchmarks bench|ramp|turns|qwen3 ...``: the benchmarks' command line."""
+"""``python -m benchmarks bench|ramp|turns|translate|qwen3 ...``: the benchmarks' command line."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Subcommands over the configured model (bench, ramp, turns) plus the standalone ones, listed for --help."""
     from .bench import add_bench_arguments
     from .ramp import RAMP_DESCRIPTION, RAMP_EPILOG, add_ramp_arguments
+    from .translate import TRANSLATE_DESCRIPTION, add_translate_arguments
     from .turns import TURNS_DESCRIPTION, add_turns_arguments
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_turns_arguments(turns)
     _add_model_args(turns)
+    translate = sub.add_parser("translate", help="live translation (task translate) vs offline: chrF per "
+                                                 "language (a multilingual model: --model base)",
+                               description=TRANSLATE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_translate_arguments(translate)
+    _add_model_args(translate)
     for name, (_, help_text) in _standalone().items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -73,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         from .ramp import run_ramp
 
         return run_ramp(args, config)
+    if args.command == "translate":
+        from .translate import run_translate
+
+        return run_translate(args, config)
     if args.command == "turns":
         from .turns import run_turns
 

@@ -157,3 +157,21 @@ def plot_turns(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_translation(report: dict[str, Any], path: Path) -> None:
+    """Translation benchmark: chrF per language, streamed beside offline."""
+    plt = _pyplot()
+    langs = list(report["languages"])
+    x = np.arange(len(langs))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(langs)), 4.5))
+    for offset, key, label in ((-0.2, "chrf_offline", "offline (whole clip)"), (0.2, "chrf_streamed", "streamed")):
+        ax.bar(x + offset, [report["languages"][lang][key] for lang in langs], 0.4, label=label)
+    ax.set_xticks(x, [f"{lang} ({report['languages'][lang]['clips']})" for lang in langs])
+    ax.set_ylabel("chrF against the English references")
+    ax.set_title(f"{report['model']}: translate task, streamed vs offline")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

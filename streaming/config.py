@@ -157,6 +157,9 @@ class SessionOptions:
     """Hotwords/context text; biases decoding, never in the transcript."""
     words: bool = opt(False, start=True)
     """Word timings (start, end, probability) on every final."""
+    task: str = opt("transcribe", choices=("transcribe", "translate"), start=True, flag="--task")
+    """``transcribe`` (text in the spoken language) or ``translate`` (English text from any language:
+    Whisper's translate task, multilingual Whisper models only); ``language`` stays the source language."""
 
 
 @dataclass

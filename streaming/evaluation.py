@@ -85,3 +85,24 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
         refs.append(r)
         hyps.append(h if h.strip() else "<empty>")
     return float(jiwer.wer(refs, hyps))
+
+
+TRANSLATIONS_FILE = REPO_ROOT / "benchmarks" / "data" / "translations-en.jsonl"
+"""English reference translations of the non-English dev clips (written for this project)."""
+
+
+def load_translations(path: str | Path = TRANSLATIONS_FILE) -> dict[str, str]:
+    """Clip id -> English reference translation."""
+    out: dict[str, str] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[row["id"]] = row["en"]
+    return out
+
+
+def chrf(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus chrF (0..100, sacrebleu's defaults: character 6-grams, beta 2) of English hypotheses."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf([h.strip() for h in hypotheses], [[r.strip() for r in references]]).score)

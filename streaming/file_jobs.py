@@ -39,7 +39,8 @@ from .results import SAMPLE_RATE_HZ, FinalResult, OptionError, UtteranceOptions
 from .results import estimate_words
 from .transcriptions import (Segment, Transcript, TranscriptionError, TranscriptionRequest, error_reply,
                              form_boundary, format_response, parse_form, parse_multipart)
-from .vad import Endpointer, StreamClassifier, UtteranceAudio, UtteranceEnded, UtteranceStarted, default_classifier
+from .vad import (Endpointer, StreamClassifier, UtteranceAudio, UtteranceEnded, UtteranceStarted, VadEvent,
+                  default_classifier)
 
 log = logging.getLogger("streaming.file_jobs")
 
@@ -144,7 +145,12 @@ def cut_utterances(blocks: Iterable[np.ndarray], endpointer: Endpointer) -> Iter
     """The utterances of a stream of 16 kHz audio, each as soon as it has ended (pure, no I/O)."""
     starts: dict[int, int] = {}
     audio: dict[int, list[np.ndarray]] = {}
-    for events in itertools.chain((endpointer.feed(b) for b in blocks), [endpointer.flush()]):
+    def batches() -> Iterator[list[VadEvent]]:
+        for block in blocks:
+            yield endpointer.feed(block)
+        yield endpointer.flush()  # after the last block (an utterance still open at the end of the file)
+
+    for events in batches():
         for event in events:
             if isinstance(event, UtteranceStarted):
                 starts[event.utterance_id] = event.start_sample
@@ -178,8 +184,10 @@ class TranscriptionService:
         """Jobs running now."""
         self._ids = itertools.count(1)
 
-    async def handle(self, connection: Upload, headers: Any, principal: str | None = None) -> Reply:
-        """The answer to one authorized request (``headers``: the request's): 200 or an OpenAI error."""
+    async def handle(self, connection: Upload, headers: Any, principal: str | None = None,
+                     task: str = "transcribe") -> Reply:
+        """The answer to one authorized request (``headers``: the request's): 200 or an OpenAI error;
+        ``task`` is ``translate`` for ``POST /v1/audio/translations`` (English text from any language)."""
         if self.jobs >= self.limits.max_jobs:
             return error_reply(TranscriptionError(
                 429, f"the server is transcribing its maximum of {self.limits.max_jobs} files; retry later",
@@ -188,7 +196,7 @@ class TranscriptionService:
         job = f"file-{next(self._ids)}"
         started = time.monotonic()
         try:
-            reply, audio_s, utterances = await self._run(job, connection, headers)
+            reply, audio_s, utterances = await self._run(job, connection, headers, task)
         except TranscriptionError as exc:
             log.info("transcription %s refused: %d %s", job, exc.status, exc.message,
                      extra={"event": "transcription", "job": job, "status": exc.status, "principal": principal})
@@ -206,11 +214,11 @@ class TranscriptionService:
         if self.metrics is not None:
             self.metrics.transcription(status)
 
-    async def _run(self, job: str, connection: Upload, headers: Any) -> tuple[Reply, float, int]:
+    async def _run(self, job: str, connection: Upload, headers: Any, task: str) -> tuple[Reply, float, int]:
         content_types = header_values(headers, "Content-Type")
         boundary = form_boundary(content_types[0] if len(content_types) == 1 else None)
         body = await self._read_body(connection)
-        request = parse_form(await asyncio.to_thread(parse_multipart, body, boundary))
+        request = dataclasses.replace(parse_form(await asyncio.to_thread(parse_multipart, body, boundary)), task=task)
         del body
         if len(request.audio) > self.limits.max_upload_bytes:
             raise _file_too_large(self.limits.max_upload_bytes)
@@ -218,7 +226,8 @@ class TranscriptionService:
         # The sessions' defaults, as a stream that sets nothing gets them (previous_text stays unset: the
         # utterances are decoded at once, not in turn, and no backend uses it).
         options = UtteranceOptions(language=request.language or session.language, window_s=session.window_s,
-                                   context=request.prompt or session.context, word_timestamps=request.words)
+                                   context=request.prompt or session.context, word_timestamps=request.words,
+                                   task=task)
         try:
             self.engine.backend.validate_options(options)
         except OptionError as exc:

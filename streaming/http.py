@@ -24,7 +24,8 @@ STREAM_PATHS = (STREAM_PATH, "/v1/realtime", "/v1/listen")
 ENDPOINTS = {**dict.fromkeys(STREAM_PATHS, "stream"), "/healthz": "healthz", "/readyz": "readyz", "/v1/info": "info",
              "/metrics": "metrics"}
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
-POST_ENDPOINTS = {TRANSCRIPTIONS_PATH: "transcriptions"}
+TRANSLATIONS_PATH = "/v1/audio/translations"
+POST_ENDPOINTS = {TRANSCRIPTIONS_PATH: "transcriptions", TRANSLATIONS_PATH: "translations"}
 """Paths served to POST only, the only requests whose body is read (OpenAI's file transcription)."""
 INDEX_PATHS = ("/", "/overlay", "/index.html")
 

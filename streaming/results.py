@@ -33,6 +33,8 @@ class UtteranceOptions:
     """Final text of the previous utterance of the same session, usable as context."""
     word_timestamps: bool = False
     """Whether the final should carry :attr:`FinalResult.words`."""
+    task: str = "transcribe"
+    """``transcribe``, or ``translate``: English text whatever the language (backends with ``supports_translate``)."""
 
 
 @dataclass(frozen=True)

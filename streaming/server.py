@@ -163,6 +163,7 @@ class StreamingServer:
         cfg = self.config
         facts: dict[str, Any] = {
             "model": self.backend.name, "protocol": protocol_facts(), "multilingual": self.backend.multilingual,
+            "supports_translate": self.backend.supports_translate,
             "supports_window": self.backend.supports_window, "max_utterance_s": self.backend.max_utterance_s,
             "defaults": {"language": cfg.session.language, "step_s": cfg.session.step_s,
                          "window_s": cfg.session.window_s, "endpoint_silence_ms": cfg.vad.endpoint_silence_ms,
@@ -232,11 +233,12 @@ class StreamingServer:
             connection.handshake = handshake
             connection.principal = key.id if key is not None else None
             return None
-        if endpoint == "transcriptions":
+        if endpoint in ("transcriptions", "translations"):
             if not authorized:
                 return self._refuse(decision, auth.unauthorized(token is not None), source)
             principal = key.id if key is not None else None
-            return self._reply(decision, await self.transcriptions.handle(connection, headers, principal))
+            task = "translate" if endpoint == "translations" else "transcribe"
+            return self._reply(decision, await self.transcriptions.handle(connection, headers, principal, task))
         if endpoint == "healthz":
             return self._reply(decision, http.text_reply(200, "ok"))
         if endpoint == "readyz":

@@ -641,5 +641,5 @@ class Session:
 
     def _utterance_options(self, session: SessionOptions) -> UtteranceOptions:
         return UtteranceOptions(language=session.language, window_s=session.window_s, context=session.context,
-                                previous_text=self._previous_text, word_timestamps=session.words)
+                                previous_text=self._previous_text, word_timestamps=session.words, task=session.task)
 

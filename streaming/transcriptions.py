@@ -169,6 +169,8 @@ class TranscriptionRequest:
     """Accepted for compatibility; decoding is greedy."""
     granularities: tuple[str, ...] = ("segment",)
     """What ``verbose_json`` lists: ``segment`` and/or ``word``."""
+    task: str = "transcribe"
+    """Set by the endpoint, not the form: ``translate`` at ``POST /v1/audio/translations`` (English text)."""
 
     @property
     def words(self) -> bool:
@@ -277,7 +279,7 @@ def format_response(transcript: Transcript, request: TranscriptionRequest) -> Re
     usage = {"type": "duration", "seconds": math.ceil(transcript.duration_s)}
     body: dict = {"text": transcript.text, "usage": usage}
     if fmt == "verbose_json":
-        body = {"task": "transcribe", "language": language_name(transcript.language),
+        body = {"task": request.task, "language": language_name(transcript.language),
                 "duration": round(transcript.duration_s, 3), "text": transcript.text}
         if "segment" in request.granularities:
             body["segments"] = [_segment(i, s) for i, s in enumerate(transcript.segments)]

@@ -31,6 +31,7 @@ class CountingBackend(Backend):
         self.batches: list[tuple[str, int]] = []
 
     def validate_options(self, options: UtteranceOptions) -> None:
+        self.check_task(options)
         if options.language == "xx":
             raise OptionError("language 'xx' is not supported")
 

@@ -228,6 +228,7 @@ PROTOCOL_START_FIELDS = {
     "turn_pause_ms": ("vad", "turn_pause_ms", int, 60, 2000, False),
     "turn_max_silence_ms": ("vad", "turn_max_silence_ms", int, 200, 10_000, False),
     "eager_end_of_turn": ("vad", "eager_end_of_turn", bool, None, None, False),
+    "task": ("session", "task", str, None, None, False, ("transcribe", "translate")),
 }
 
 
@@ -285,6 +286,7 @@ FLAGS = [
     ("--window-s", "2", "session", "window_s", 2), ("--step-s", "0.5", "session", "step_s", 0.5),
     ("--endpoint-silence-ms", "800", "vad", "endpoint_silence_ms", 800),
     ("--turn-detection", "smart", "vad", "turn_detection", "smart"),
+    ("--task", "translate", "session", "task", "translate"),
 ]
 
 

@@ -282,6 +282,16 @@ def test_cut_utterances_finds_each_burst_with_all_its_audio():
     np.testing.assert_array_equal(cut[0].audio[:1000], audio[cut[0].start_sample:cut[0].start_sample + 1000])
 
 
+
+@pytest.mark.parametrize("trail_s", [0.0, 0.2, 0.5, 1.0])
+def test_cut_utterances_keeps_speech_that_runs_to_the_end_of_the_file(trail_s):
+    """A file whose speech ends less than endpoint_silence_ms before its end still has that utterance
+    (the end of the file ends it; it was lost when the flush ran before the blocks were fed)."""
+    audio = bursts()[: int((4.02 + trail_s) * 16_000)]
+    cut = list(cut_utterances([audio[i:i + 7000] for i in range(0, audio.size, 7000)], scripted_vad()))
+    assert [u.index for u in cut] == [0, 1]
+    assert cut[1].start_sample / 16000 == pytest.approx(3.33, abs=0.01) and cut[1].end_sample <= audio.size
+
 @pytest.mark.parametrize("fmt,subtype,rate,channels", [
     ("WAV", "PCM_16", 16_000, 1), ("WAV", "FLOAT", 44_100, 2), ("FLAC", None, 22_050, 1),
     ("OGG", "VORBIS", 48_000, 2), ("OGG", "OPUS", 48_000, 1), ("MP3", None, 44_100, 1), ("AIFF", None, 8_000, 1)])

@@ -74,6 +74,8 @@ class Backend(abc.ABC):
     """Whether ``window_s`` means anything for this backend."""
     max_utterance_s: float = 30.0
     """Longest utterance this backend can decode in one piece."""
+    supports_translate: bool = False
+    """Whether ``task = "translate"`` (English text from any spoken language) works."""
     supports_eager: bool = True
     """Whether :meth:`finalize_open` works (eager ends of turn; smart turn detection works without it)."""
     final_reuses_partial: bool = False
@@ -82,7 +84,17 @@ class Backend(abc.ABC):
     while the turn model decides, and a final that comes at once waits for it."""
 
     def validate_options(self, options: UtteranceOptions) -> None:
-        """Raise :class:`OptionError` if this backend cannot honour ``options``."""
+        """Raise :class:`OptionError` if this backend cannot honour ``options`` (overrides call
+        :meth:`check_task` too)."""
+        self.check_task(options)
+
+    def check_task(self, options: UtteranceOptions) -> None:
+        """The ``task`` check every backend shares: ``translate`` needs :attr:`supports_translate`."""
+        if options.task not in ("transcribe", "translate"):
+            raise OptionError(f"task must be 'transcribe' or 'translate', got {options.task!r}")
+        if options.task == "translate" and not self.supports_translate:
+            raise OptionError(f"{self.name} cannot translate (task 'translate' needs a multilingual Whisper "
+                              "model, such as the embedded 'base')")
 
     @abc.abstractmethod
     def new_utterance(self, options: UtteranceOptions) -> UtteranceState:

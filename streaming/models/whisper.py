@@ -268,6 +268,7 @@ class WhisperBackend(Backend):
         self.sot_id = int(assets.sot_id)
         self.eot_id = int(assets.eot_id)
         self.transcribe_id = assets.transcribe_id
+        self.translate_id = assets.translate_id
         self.no_timestamps_id = int(assets.no_timestamps_id)
         self.lang_token_ids = dict(assets.lang_token_ids) if self.multilingual else {}
         self._lang_codes = list(self.lang_token_ids)
@@ -323,7 +324,13 @@ class WhisperBackend(Backend):
 
     # ------------------------------------------------------------------ Backend API
 
+    @property
+    def supports_translate(self) -> bool:  # type: ignore[override]
+        """Multilingual checkpoints have ``<|translate|>``: English text from any language."""
+        return self.multilingual and self.translate_id is not None
+
     def validate_options(self, options: UtteranceOptions) -> None:
+        self.check_task(options)
         self._check_context(options)
         if options.window_s is not None:
             raise OptionError(f"{self.name} has no encoder window; window_s is not supported")
@@ -472,8 +479,9 @@ class WhisperBackend(Backend):
         prompt = [self.sot_id]
         if self.multilingual:
             prompt.append(self.lang_token_ids[st.language or "en"])
-            if self.transcribe_id is not None:
-                prompt.append(int(self.transcribe_id))
+            task_id = self.translate_id if st.options.task == "translate" else self.transcribe_id
+            if task_id is not None:
+                prompt.append(int(task_id))
         prompt.append(self.no_timestamps_id)
         return prompt
 
@@ -524,8 +532,13 @@ class WhisperBackend(Backend):
         return min(full, frames)
 
     def _detect_language(self, states: list[WhisperUtteranceState], enc: torch.Tensor, lock: bool) -> None:
-        """Pick the language of undecided rows from the decoder's first step over language tokens."""
-        rows = [i for i, st in enumerate(states) if not st.language_locked]
+        """Pick the language of undecided rows from the decoder's first step over language tokens.
+
+        Partials (``lock``) keep a language once ``language_lock_s`` of audio chose it; a final
+        (``lock`` false) detects it again over its whole audio unless the session fixed it, as an
+        offline decode of the utterance would (a second of speech can pass for another language)."""
+        rows = [i for i, st in enumerate(states)
+                if not st.language_locked or (not lock and st.options.language is None)]
         if not rows or not self.multilingual:
             return
         idx = torch.tensor(rows, device=self.device)

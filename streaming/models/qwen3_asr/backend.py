@@ -129,6 +129,7 @@ class Qwen3ASRBackend(Backend):
 
     # options ----------------------------------------------------------------------
     def validate_options(self, options: UtteranceOptions) -> None:
+        self.check_task(options)
         w = options.window_s
         if w is not None:
             if isinstance(w, bool) or not isinstance(w, (int, float)) or float(w) != int(w) or not 1 <= w <= 8:
