@@ -38,36 +38,73 @@ G711_TABLES = {"mulaw": _mulaw_table() / 32768.0, "alaw": _alaw_table() / 32768.
 
 
 class PcmDecoder:
-    """Decodes a byte stream of mono little-endian PCM into float32 samples in [-1, 1]."""
+    """Decodes a byte stream of little-endian PCM into float32 samples in [-1, 1]; interleaved
+    ``channels`` > 1 are mixed down to mono (their mean), as Deepgram does without ``multichannel``."""
 
-    def __init__(self, encoding: str) -> None:
+    def __init__(self, encoding: str, channels: int = 1) -> None:
         if encoding not in BYTES_PER_SAMPLE:
             raise ValueError(f"unknown encoding {encoding!r}")
         self.encoding = encoding
+        self.channels = channels
         self.sample_bytes = BYTES_PER_SAMPLE[encoding]
+        self.frame_bytes = self.sample_bytes * channels
+        """One sample of every channel."""
         self._pending = b""
 
     @property
     def pending_bytes(self) -> int:
-        """Bytes of an incomplete sample waiting for the next frame."""
+        """Bytes of an incomplete sample (or frame of samples) waiting for the next call."""
         return len(self._pending)
 
     def decode(self, data: bytes) -> np.ndarray:
-        """Decode whole samples; keep a trailing partial sample for next time.
+        """Decode whole samples of every channel; keep a trailing partial frame for next time.
 
         Raises ``ProtocolError("invalid_audio")`` for NaN or infinite floats.
         """
         buf = self._pending + data if self._pending else data
-        usable = len(buf) - len(buf) % self.sample_bytes
+        usable = len(buf) - len(buf) % self.frame_bytes
         self._pending = buf[usable:]
+        whole = buf[:usable] if usable < len(buf) else buf
         if self.encoding == "pcm_s16le":
-            return pcm16_to_float(buf[:usable])
-        if self.encoding in G711_TABLES:
-            return G711_TABLES[self.encoding][np.frombuffer(buf, dtype=np.uint8)]
-        samples = np.frombuffer(buf, dtype="<f4", count=usable // 4).astype(np.float32)
-        if samples.size and not np.isfinite(samples).all():
-            raise ProtocolError("invalid_audio", "pcm_f32le audio contains NaN or infinite samples")
-        return np.clip(samples, -1.0, 1.0)
+            samples = pcm16_to_float(whole)
+        elif self.encoding in G711_TABLES:
+            samples = G711_TABLES[self.encoding][np.frombuffer(whole, dtype=np.uint8)]
+        else:
+            samples = np.frombuffer(whole, dtype="<f4").astype(np.float32)
+            if samples.size and not np.isfinite(samples).all():
+                raise ProtocolError("invalid_audio", "pcm_f32le audio contains NaN or infinite samples")
+            samples = np.clip(samples, -1.0, 1.0)
+        if self.channels > 1:
+            samples = samples.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+        return samples
+
+
+class ChannelSplitter:
+    """Interleaved PCM bytes of ``channels`` channels → one mono byte stream per channel, whole
+    frames only (a frame split across two calls waits for the rest): ``multichannel`` streams."""
+
+    def __init__(self, encoding: str, channels: int) -> None:
+        self.sample_bytes = BYTES_PER_SAMPLE[encoding]
+        self.channels = channels
+        self.frame_bytes = self.sample_bytes * channels
+        self._pending = b""
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._pending)
+
+    def split(self, data: bytes) -> list[bytes]:
+        """Each channel's bytes of the whole frames received so far (in the same encoding)."""
+        buf = self._pending + data if self._pending else data
+        usable = len(buf) - len(buf) % self.frame_bytes
+        self._pending = buf[usable:]
+        frames = np.frombuffer(buf, dtype=np.uint8, count=usable).reshape(-1, self.channels, self.sample_bytes)
+        return [frames[:, c, :].tobytes() for c in range(self.channels)]
+
+    def drop_pending(self) -> int:
+        """Forget the bytes of an incomplete frame (the stream ended inside it); how many there were."""
+        dropped, self._pending = len(self._pending), b""
+        return dropped
 
 
 class Resampler:

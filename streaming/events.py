@@ -26,6 +26,11 @@ class Start:
     """One of :data:`streaming.audio.ENCODINGS`."""
     options: dict[str, Any] = field(default_factory=dict)
     """Session option fields, validated by the session (an invalid one is ``invalid_option``)."""
+    channels: int = 1
+    """Interleaved channels of the audio (1 to ``protocol.MAX_CHANNELS``)."""
+    multichannel: bool = False
+    """With ``channels`` > 1: each channel is its own stream of utterances (events carry ``channel``);
+    false mixes the channels down to one."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,8 @@ class Configured:
 class SpeechStarted:
     utterance_id: int
     start_s: float
+    channel: int | None = None
+    """The audio channel of a ``multichannel`` stream (None: a mono or mixed-down stream)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,8 @@ class SpeechEnded:
     """``endpoint`` (a pause), ``end_of_turn`` (smart mode: the turn model judged the turn complete),
     ``max_silence`` (smart mode: a pause reached ``turn_max_silence_ms``), ``max_length`` (a length
     cut), ``finalize`` or ``stream_end``."""
+    channel: int | None = None
+    """The audio channel of a ``multichannel`` stream (None: a mono or mixed-down stream)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,8 @@ class Partial:
     stable_text: str
     start_s: float
     end_s: float
+    channel: int | None = None
+    """The audio channel of a ``multichannel`` stream (None: a mono or mixed-down stream)."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,8 @@ class Final:
     """Word timings in stream time, when the session asked for them."""
     word_timing: str | None = None
     """How the word times were found (see :attr:`streaming.results.FinalResult.word_timing`)."""
+    channel: int | None = None
+    """The audio channel of a ``multichannel`` stream (None: a mono or mixed-down stream)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,8 @@ class EagerEndOfTurn:
     start_s: float
     end_s: float
     """Stream time of the audio the text covers (up to the pause)."""
+    channel: int | None = None
+    """The audio channel of a ``multichannel`` stream (None: a mono or mixed-down stream)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,8 @@ class TurnResumed:
     utterance_id: int
     at_s: float
     """Stream time where the speech resumed."""
+    channel: int | None = None
+    """The audio channel of a ``multichannel`` stream (None: a mono or mixed-down stream)."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +174,8 @@ class Finalized:
 
     at_s: float
     """Stream time of the audio received so far."""
+    channel: int | None = None
+    """The audio channel of a ``multichannel`` stream (None: a mono or mixed-down stream)."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +184,8 @@ class Cleared:
 
     utterance_id: int | None
     at_s: float
+    channel: int | None = None
+    """The audio channel of a ``multichannel`` stream (None: a mono or mixed-down stream)."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ ENCODINGS = ("pcm_s16le", "pcm_f32le", "mulaw", "alaw")
 """Audio encodings of ``start``: 16-bit or float PCM, or 8-bit G.711 µ-law / A-law (telephony)."""
 MIN_SAMPLE_RATE_HZ = 8_000
 MAX_SAMPLE_RATE_HZ = 48_000
+MAX_CHANNELS = 8
+"""Most interleaved channels a stream may carry (``channels`` of ``start``, every protocol)."""
 MAX_NESTING = 32
 """Deepest nesting of arrays/objects a client message may have; deeper is ``bad_message``."""
 
@@ -63,7 +65,8 @@ client's to fix. Clients and the browser read these from ``/v1/info`` (:func:`pr
 def protocol_facts() -> dict[str, Any]:
     """The wire facts clients need, as ``/v1/info`` publishes them (one source for every client)."""
     return {"version": PROTOCOL_VERSION, "encodings": list(ENCODINGS), "min_sample_rate_hz": MIN_SAMPLE_RATE_HZ,
-            "max_sample_rate_hz": MAX_SAMPLE_RATE_HZ, "retryable_codes": sorted(RETRYABLE_CODES),
+            "max_sample_rate_hz": MAX_SAMPLE_RATE_HZ,
+            "max_channels": MAX_CHANNELS, "retryable_codes": sorted(RETRYABLE_CODES),
             "error_codes": {code: {"fatal": fatal, "retryable": code in RETRYABLE_CODES}
                             for code, (fatal, _close) in ERROR_CODES.items()}}
 
@@ -227,8 +230,27 @@ def _parse_start(obj: dict[str, Any]) -> Start:
     problem = format_error(rate, encoding)
     if problem is not None:
         raise ProtocolError(*problem)
-    options = {k: v for k, v in obj.items() if k not in ("type", "sample_rate", "encoding")}
-    return Start(rate, encoding, options)
+    channels, multichannel = obj.get("channels", 1), obj.get("multichannel", False)
+    if isinstance(channels, float) and channels.is_integer():
+        channels = int(channels)
+    problem = channels_error(channels, multichannel)
+    if problem is not None:
+        raise ProtocolError(*problem)
+    options = {k: v for k, v in obj.items() if k not in _FORMAT_FIELDS}
+    return Start(rate, encoding, options, channels=channels, multichannel=multichannel)
+
+
+_FORMAT_FIELDS = ("type", "sample_rate", "encoding", "channels", "multichannel")
+"""Fields of ``start`` that describe the audio, not the session's options."""
+
+
+def channels_error(channels: Any, multichannel: Any) -> tuple[str, str] | None:
+    """(code, message) when a channel layout cannot be served, else None (every protocol's rule)."""
+    if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= MAX_CHANNELS:
+        return "invalid_option", f"channels must be an integer from 1 to {MAX_CHANNELS}, got {shown(channels)}"
+    if not isinstance(multichannel, bool):
+        return "invalid_option", f"multichannel must be a boolean, got {shown(multichannel)}"
+    return None
 
 
 def format_error(rate: Any, encoding: Any) -> tuple[str, str] | None:

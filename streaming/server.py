@@ -29,6 +29,7 @@ from websockets.http11 import Request, Response
 
 from . import auth, http
 from .admission import AdmissionControl
+from .channels import ChannelSessions
 from .config import Config, session_field_info
 from .engine import Engine, EngineClosed
 from .evaluation import REPO_ROOT
@@ -43,7 +44,7 @@ from .outbox import Outbox, Outgoing
 from .protocol import ProtocolError, protocol_facts
 from .results import FinalResult
 from .session import (Close, DiscardUtterance, FeedAudio, ModelInfo, OpenUtterance, RequestEager, RequestFinal,
-                      RequestPartial, ScoreTurn, Session, Wake)
+                      RequestPartial, ScoreTurn, Wake)
 
 if TYPE_CHECKING:
     from .models.base import Backend
@@ -359,7 +360,8 @@ class _Connection:
         """The API key id the handshake authenticated (None without auth)."""
         handshake: Handshake = getattr(ws, "handshake", None) or Handshake(STREAM_PATH)
         codec: Codec = codec_for_path(handshake.path)(session_id, server.backend.name, handshake)
-        self.session = Session(session_id, server.config, server.model_info, admit=lambda: server._admit(self))
+        self.session = ChannelSessions(session_id, server.config, server.model_info,
+                                       admit=lambda: server._admit(self))
         self.link = Link(codec, self.session, self.options.max_message_bytes)
         self.idle_timeout_s = codec.idle_timeout_s or self.options.idle_timeout_s
         self.engine = server.engine

@@ -26,7 +26,7 @@ import numpy as np
 from . import events as ev
 from .audio import PcmDecoder, Resampler
 from .config import Config, ConfigError, SessionOptions, VadOptions, apply_session_fields, copy_options
-from .protocol import ProtocolError, format_error, round_time
+from .protocol import ProtocolError, channels_error, format_error, round_time
 from .results import FinalResult, Hypothesis, OptionError, UtteranceOptions, Word, estimate_words
 from .turns import Decision, PauseTracker, decide
 from .vad import (SAMPLE_RATE_HZ, Endpointer, UtteranceAudio, UtteranceEnded, UtterancePaused, UtteranceResumed,
@@ -162,6 +162,8 @@ class Session:
         self._classify = classify
         self._format: tuple[int, str] | None = None
         """(sample rate, encoding) of the started stream."""
+        self._channels = 1
+        """Interleaved channels of the stream's audio, mixed down to one (see :mod:`streaming.channels`)."""
         self._out: list[Action] = []
         """Actions emitted by the input being handled, handed out by :meth:`_guarded`."""
         self._decoder: PcmDecoder | None = None
@@ -375,7 +377,8 @@ class Session:
     def _start(self, message: ev.Start) -> None:
         if self.state != "awaiting_start":
             raise ProtocolError("already_started", "the session has already started; a second start is ignored")
-        problem = format_error(message.sample_rate, message.encoding)
+        problem = (format_error(message.sample_rate, message.encoding)
+                   or channels_error(message.channels, message.multichannel))
         if problem is not None:
             raise ProtocolError(*problem)
         session, vad = copy_options(self.config)
@@ -387,6 +390,7 @@ class Session:
         if refusal is not None:
             raise refusal
         self.options, self.vad_options = session, vad
+        self._channels = message.channels
         self._set_format(message.sample_rate, message.encoding)
         self._endpointer = Endpointer(vad, classify=self._classify)
         self.state = "streaming"
@@ -411,7 +415,7 @@ class Session:
 
     def _set_format(self, sample_rate: int, encoding: str) -> None:
         self._format = (sample_rate, encoding)
-        self._decoder = PcmDecoder(encoding)
+        self._decoder = PcmDecoder(encoding, self._channels)
         self._resampler = Resampler(sample_rate)
 
     def _effective(self) -> dict[str, Any]:
@@ -423,7 +427,8 @@ class Session:
             "turn_detection": vad.turn_detection, "turn_eagerness": vad.turn_eagerness,
             "turn_pause_ms": vad.turn_pause_ms, "turn_max_silence_ms": vad.turn_max_silence_ms,
             "eager_end_of_turn": vad.eager_end_of_turn,
-            "sample_rate": self._format[0], "encoding": self._format[1]}
+            "sample_rate": self._format[0], "encoding": self._format[1], "channels": self._channels,
+            "multichannel": False}
 
     def _configure(self, fields: dict[str, Any]) -> None:
         """Change options mid-stream (from the next utterance on); a refused change keeps the old ones.

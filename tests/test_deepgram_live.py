@@ -206,14 +206,81 @@ async def test_mulaw_8k(server, audio):
     print("mulaw 8k finals:", texts)
 
 
-async def test_two_channels_refused_with_400(server):
+def two_legs() -> tuple[np.ndarray, np.ndarray]:
+    """A call's two legs of equal length: jfk on channel 0, then lib_left answers on channel 1."""
+    clips = {c.id: c for c in dev_clips()}
+    jfk, lib = clips["jfk"].load(), clips["lib_left"].load()
+    left = np.concatenate([np.zeros(8_000, np.float32), jfk, np.zeros(lib.size + 32_000, np.float32)])
+    right = np.concatenate([np.zeros(8_000 + jfk.size + 16_000, np.float32), lib, np.zeros(16_000, np.float32)])
+    return left, right
+
+
+async def test_multichannel_sdk_gets_each_leg_apart_with_channel_index(server):
+    """``multichannel=true&channels=2``: the official SDK reads ``channel_index: [c, 2]`` on every result, and
+    each leg's finals say what v1 says for that leg streamed alone."""
+    from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
+
+    legs = two_legs()
+    pcm = float_to_pcm16(np.stack(legs, axis=1).reshape(-1))
+    ws_url, http_url = base(server)
+    client = AsyncDeepgramClient(api_key=KEY, environment=DeepgramClientEnvironment(
+        base=http_url, production=ws_url, agent=ws_url, agent_rest=http_url))
+    received = []
+    async with client.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate="16000", channels="2",
+                                        multichannel="true", interim_results="true", vad_events="true",
+                                        utterance_end_ms="1000") as socket:
+        async def send():
+            for chunk in chunks(pcm, 64_000):
+                await socket.send_media(chunk)
+            await socket.send_close_stream()
+        sender = asyncio.create_task(send())
+        async with asyncio.timeout(180):
+            async for message in socket:
+                received.append(message)
+        await sender
+    assert all(not isinstance(m, dict) for m in received), "the SDK could not read a message"
+    results = [m for m in received if isinstance(m, ListenV1Results)]
+    assert results and all(r.channel_index[1] == 2 and r.channel_index[0] in (0, 1) for r in results)
+    assert isinstance(received[-1], ListenV1Metadata) and received[-1].channels == 2
+    messages = [m.model_dump() for m in received]
+    check_final_words(messages)
+    for channel, leg in enumerate(legs):
+        mine = [m for m in messages if m["type"] == "Results" and m["channel_index"][0] == channel]
+        reference = await v1_text(server, float_to_pcm16(leg), 16_000, "pcm_s16le")
+        assert reference and " ".join(final_texts(mine)) == reference
+        print(f"channel {channel} finals:", final_texts(mine))
+    ends = [m for m in messages if m["type"] == "UtteranceEnd"]
+    assert {tuple(m["channel"]) for m in ends} <= {(0, 2), (1, 2)} and ends
+
+
+async def test_two_channels_without_multichannel_are_mixed_down(server):
+    legs = two_legs()
+    query = "encoding=linear16&sample_rate=16000&channels=2"
+    ws_url, _ = base(server)
+    messages = []
+    async with websockets.connect(f"{ws_url}/v1/listen?{query}",
+                                  additional_headers={"Authorization": f"Token {KEY}"}) as ws:
+        for chunk in chunks(float_to_pcm16(np.stack(legs, axis=1).reshape(-1)), 64_000):
+            await ws.send(chunk)
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        async with asyncio.timeout(180):
+            async for frame in ws:
+                messages.append(json.loads(frame))
+    assert all(m["channel_index"] == [0, 1] for m in messages if m["type"] == "Results")
+    assert messages[-1]["type"] == "Metadata" and messages[-1]["channels"] == 2
+    mixed = (legs[0] + legs[1]) / 2
+    reference = await v1_text(server, float_to_pcm16(mixed), 16_000, "pcm_s16le")
+    assert reference and " ".join(final_texts(messages)) == reference
+
+
+async def test_nine_channels_refused_with_400(server):
     ws_url, _ = base(server)
     with pytest.raises(websockets.InvalidStatus) as refused:
-        async with websockets.connect(f"{ws_url}/v1/listen?encoding=linear16&sample_rate=16000&channels=2",
+        async with websockets.connect(f"{ws_url}/v1/listen?encoding=linear16&sample_rate=16000&channels=9",
                                       additional_headers={"Authorization": f"Token {KEY}"}):
             pass
     assert refused.value.response.status_code == 400
-    assert b"multichannel" in refused.value.response.body
+    assert b"channels must be from 1 to 8" in refused.value.response.body
 
 
 async def test_ten_seconds_idle_closes_1011_net_0001(server):

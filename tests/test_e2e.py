@@ -163,3 +163,39 @@ async def test_multilingual_base_french_and_chinese(clips):
     got_fr = set(normalize_english(fr.text).split())
     assert len(ref_fr & got_fr) >= len(ref_fr) // 2, fr.text
     assert any("\u4e00" <= ch <= "\u9fff" for ch in zh.text), zh.text
+
+
+async def test_two_channel_stream_gives_each_channel_its_own_finals(clips):
+    """v1 ``channels: 2, multichannel: true``: finals carry ``channel``, come in order per channel, and say
+    what each channel streamed alone says; one ``ready`` and one ``end`` for the connection."""
+    from streaming.audio import float_to_pcm16
+    from tests.helpers import v1_final_texts
+
+    a, b = clips["jfk"].load(), clips["lib_left"].load()
+    # channel 1 answers while channel 0 is still speaking: the legs overlap
+    left = np.concatenate([np.zeros(8000, np.float32), a, np.zeros(b.size + 16000, np.float32)])
+    right = np.concatenate([np.zeros(8000 + a.size - 48000, np.float32), b, np.zeros(64000, np.float32)])
+    legs = (left, right)
+    data = float_to_pcm16(np.stack(legs, axis=1).reshape(-1))
+    with running_server() as url:
+        events = []
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "channels": 2, "multichannel": True}))
+            for i in range(0, len(data), 6400):
+                await ws.send(data[i:i + 6400])
+            await ws.send(json.dumps({"type": "stop"}))
+            async with asyncio.timeout(180):
+                async for frame in ws:
+                    events.append(json.loads(frame))
+        alone = [" ".join(await v1_final_texts(url, [float_to_pcm16(leg)], sample_rate=16000)) for leg in legs]
+    kinds = [e["type"] for e in events]
+    assert kinds.count("ready") == 1 and kinds[-1] == "end" and "error" not in kinds
+    assert events[0]["options"]["channels"] == 2 and events[0]["options"]["multichannel"] is True
+    finals = [e for e in events if e["type"] == "final"]
+    assert {f["channel"] for f in finals} == {0, 1}
+    for channel in (0, 1):
+        mine = [f for f in finals if f["channel"] == channel]
+        assert all(x["end_s"] <= y["start_s"] for x, y in zip(mine, mine[1:]))
+        assert " ".join(f["text"] for f in mine if f["text"]) == alone[channel] != ""
+    assert events[-1]["utterances"] == len(finals)
+    print("per-channel finals:", [(f["channel"], f["text"]) for f in finals])

@@ -31,8 +31,8 @@ def decode_frame(data: str | bytes) -> dict[str, Any]:
 class V1Session:
     """``Session`` behind the v1 codec, with the old frame-level API (``receive``)."""
 
-    def __init__(self, session_id, config, model, classify=None, admit=None) -> None:
-        self.core = Session(session_id, config, model, classify=classify, admit=admit)
+    def __init__(self, session_id, config, model, classify=None, admit=None, core=Session) -> None:
+        self.core = core(session_id, config, model, classify=classify, admit=admit)
         self.codec = V1Codec(session_id, model.name, Handshake("/v1/stream"))
         self.link = Link(self.codec, self.core, config.server.max_message_bytes)
 

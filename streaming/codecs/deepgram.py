@@ -79,8 +79,10 @@ class DeepgramCodec(Codec):
         """The client text a ``SchemaError`` being raised echoes."""
         self._pending_keyterms: deque[list[str]] = deque()
         """Keyterms of each ``Configure`` the session has not answered yet."""
-        self._last_word_end: float | None = None
-        """End of the last word since the last ``UtteranceEnd`` (None: no word since)."""
+        self._last_word_end: dict[int, float] = {}
+        """Per channel, the end of the last word since its last ``UtteranceEnd`` (absent: no word since)."""
+        self.channels = self.options.channels if self.options.multichannel else 1
+        """Channels transcribed apart (``channel_index``'s second number)."""
 
     @classmethod
     def check_handshake(cls, handshake: Handshake) -> None:
@@ -143,17 +145,19 @@ class DeepgramCodec(Codec):
                 return []
             words = estimate_words(event.text, event.start_s, event.end_s)
             message = self._results_message(event.text, words, event.start_s, event.end_s, is_final=False,
-                                            speech_final=False, from_finalize=False)
+                                            speech_final=False, from_finalize=False, channel=event.channel)
             return [Frame(_json_text(message), "partial", event.utterance_id)]
         if isinstance(event, ev.Final):
             return self._final(event)
         if isinstance(event, ev.Finalized):
             return [self._frame(self._results_message("", (), event.at_s, event.at_s, is_final=True,
-                                                      speech_final=True, from_finalize=True))]
+                                                      speech_final=True, from_finalize=True,
+                                                      channel=event.channel))]
         if isinstance(event, ev.SpeechStarted):
             if not self.options.vad_events:
                 return []
-            return [self._frame({"type": "SpeechStarted", "channel": [0], "timestamp": event.start_s})]
+            return [self._frame({"type": "SpeechStarted", "channel": [event.channel or 0],
+                                 "timestamp": event.start_s})]
         if isinstance(event, ev.Configured):
             if not self._pending_keyterms:
                 return []
@@ -169,24 +173,25 @@ class DeepgramCodec(Codec):
         words = final.words if final.words is not None else estimate_words(final.text, final.start_s, final.end_s)
         message = self._results_message(final.text, words, final.start_s, final.end_s, is_final=True,
                                         speech_final=final.reason in SPEECH_FINAL_REASONS,
-                                        from_finalize=final.reason == "finalize")
+                                        from_finalize=final.reason == "finalize", channel=final.channel)
         frames = [Frame(_json_text(message), "final", final.utterance_id)]
         entries = message["channel"]["alternatives"][0]["words"]
+        channel = final.channel or 0
         if entries:
-            self._last_word_end = entries[-1]["end"]
+            self._last_word_end[channel] = entries[-1]["end"]
         if (final.reason in UTTERANCE_END_REASONS and self.options.utterance_end_ms is not None
-                and self._last_word_end is not None):
-            frames.append(self._frame({"type": "UtteranceEnd", "channel": [0, 1],
-                                       "last_word_end": self._last_word_end}))
-            self._last_word_end = None
+                and channel in self._last_word_end):
+            frames.append(self._frame({"type": "UtteranceEnd", "channel": [channel, self.channels],
+                                       "last_word_end": self._last_word_end.pop(channel)}))
         return frames
 
     def _results_message(self, transcript: str, words: Sequence[Word], start_s: float, end_s: float, *,
-                         is_final: bool, speech_final: bool, from_finalize: bool) -> dict[str, Any]:
+                         is_final: bool, speech_final: bool, from_finalize: bool,
+                         channel: int | None = None) -> dict[str, Any]:
         confidence = round(sum(w.probability for w in words) / len(words), 4) if words else 0.0
         alternative = {"transcript": transcript, "confidence": confidence,
                        "words": word_entries(words, start_s, end_s)}
-        return {"type": "Results", "channel_index": [0, 1], "duration": round_time(end_s - start_s),
+        return {"type": "Results", "channel_index": [channel or 0, self.channels], "duration": round_time(end_s - start_s),
                 "start": start_s, "is_final": is_final, "speech_final": speech_final, "from_finalize": from_finalize,
                 "channel": {"alternatives": [alternative]},
                 "metadata": {"request_id": self.request_id, "model_info": self.model_info,
@@ -209,7 +214,7 @@ class DeepgramCodec(Codec):
     def _metadata(self, duration_s: float) -> dict[str, Any]:
         return {"type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id,
                 "sha256": self._audio_sha256.hexdigest(), "created": self.created, "duration": duration_s,
-                "channels": 1, "models": [self.model_uuid], "model_info": {self.model_uuid: self.model_info}}
+                "channels": self.options.channels, "models": [self.model_uuid], "model_info": {self.model_uuid: self.model_info}}
 
     def close_frame(self, code: int, reason: str, error: ev.Error | None) -> tuple[int, str]:
         if error is not None and error.code == "idle_timeout":

@@ -30,6 +30,9 @@ Choices where Deepgram's behaviour cannot be copied exactly:
 - ``keyterm``/``keywords`` (``keywords`` may carry ``:boost``, dropped) become
   the session's ``context`` (decoding bias, never in the transcript).
 - ``punctuate``/``smart_format``/``model``: accepted, no effect (Whisper punctuates).
+- ``channels`` (1 to :data:`~streaming.protocol.MAX_CHANNELS`) of interleaved audio are mixed
+  down to one, unless ``multichannel=true``: then each channel is transcribed apart and its
+  results carry ``channel_index: [channel, channels]``, as Deepgram's do.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 from ..config import MAX_CONTEXT_CHARS, SESSION_FIELDS, VadOptions
 from ..events import Start
 from ..knobs import knobs
-from ..protocol import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, shown
+from ..protocol import MAX_CHANNELS, MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, shown
 from .base import HandshakeRefused
 
 ENCODINGS = {"linear16": "pcm_s16le", "mulaw": "mulaw", "alaw": "alaw"}
@@ -81,6 +84,8 @@ class ListenOptions:
     """``silence``, ``smart`` or ``manual``; None = the server's default mode."""
     turn_eagerness: str | None = None
     """None = the server's default."""
+    channels: int = 1
+    multichannel: bool = False
 
     def start(self) -> Start:
         """The session's start for these options; finals always carry words (Deepgram's always do)."""
@@ -90,7 +95,8 @@ class ListenOptions:
             options["turn_eagerness"] = self.turn_eagerness
         if self.keyterms:
             options["context"] = context_of(self.keyterms)
-        return Start(self.sample_rate, ENCODINGS[self.encoding], options)
+        return Start(self.sample_rate, ENCODINGS[self.encoding], options, channels=self.channels,
+                     multichannel=self.multichannel)
 
     def _turn_options(self) -> dict[str, Any]:
         """How turns end: ``endpointing`` alone (Deepgram's meaning), or ``turn_detection`` and its pauses."""
@@ -123,10 +129,8 @@ def parse_query(params: dict[str, list[str]]) -> ListenOptions:
     if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
         _refuse(f"sample_rate {rate} is outside {MIN_SAMPLE_RATE_HZ}-{MAX_SAMPLE_RATE_HZ} Hz")
     channels = _integer(params, "channels", 1)
-    if channels < 1:
-        _refuse(f"channels must be at least 1, got {channels}")
-    if channels > 1:
-        _refuse(f"multichannel audio is not supported (channels={channels}): send mono audio with channels=1")
+    if not 1 <= channels <= MAX_CHANNELS:
+        _refuse(f"channels must be from 1 to {MAX_CHANNELS}, got {channels}")
     endpointing, endpointing_ms = _endpointing(_last(params, "endpointing", None))
     utterance_end_ms = _integer(params, "utterance_end_ms", None)
     if utterance_end_ms is not None and utterance_end_ms < 0:
@@ -141,7 +145,7 @@ def parse_query(params: dict[str, list[str]]) -> ListenOptions:
         interim_results=_boolean(params, "interim_results", False), endpointing=endpointing,
         endpointing_ms=endpointing_ms, utterance_end_ms=utterance_end_ms,
         vad_events=_boolean(params, "vad_events", False), keyterms=keyterms, turn_detection=turn_detection,
-        turn_eagerness=turn_eagerness)
+        turn_eagerness=turn_eagerness, channels=channels, multichannel=_boolean(params, "multichannel", False))
 
 
 def context_of(keyterms: tuple[str, ...] | list[str]) -> str:

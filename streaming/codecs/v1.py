@@ -33,7 +33,16 @@ class V1Codec(Codec):
 
 
 def event_fields(event: ev.Event) -> dict[str, Any] | None:
-    """A session event as protocol v1's message fields (without ``seq``); None = v1 says nothing."""
+    """A session event as protocol v1's message fields (without ``seq``); None = v1 says nothing.
+    Events of a ``multichannel`` stream carry ``channel``."""
+    fields = _fields(event)
+    channel = getattr(event, "channel", None)
+    if fields is not None and channel is not None:
+        fields["channel"] = channel
+    return fields
+
+
+def _fields(event: ev.Event) -> dict[str, Any] | None:
     if isinstance(event, ev.Ready):
         return {"type": "ready", "session_id": event.session_id, "model": event.model,
                 "protocol": PROTOCOL_VERSION, "options": event.options}
