@@ -102,13 +102,18 @@ class Final(_Message):
     end_s: float
     words: tuple[Word, ...] | None = None
     word_timing: str | None = None
+    speaker: int | None = None
+    """``diarize``: who said most of it (each word has its own ``speaker``)."""
 
     def to_message(self) -> dict[str, Any]:
         out = super().to_message()
+        if self.speaker is None:
+            del out["speaker"]
         if self.words is None:
             del out["words"], out["word_timing"]
         else:
-            out["words"] = [dataclasses.asdict(w) for w in self.words]
+            out["words"] = [{k: v for k, v in dataclasses.asdict(w).items() if k != "speaker" or v is not None}
+                            for w in self.words]
         return out
 
 
@@ -255,7 +260,8 @@ def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
 def _words(value: Any) -> tuple[Word, ...] | None:
     if value is None:
         return None
-    return tuple(Word(str(w["word"]), _number(w["start_s"]), _number(w["end_s"]), _number(w["probability"]))
+    return tuple(Word(str(w["word"]), _number(w["start_s"]), _number(w["end_s"]), _number(w["probability"]),
+                      None if w.get("speaker") is None else _integer(w["speaker"]))
                  for w in value)
 
 
@@ -264,7 +270,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "utterance_id": _integer, "start_s": _number, "end_s": _number, "at_s": _number, "text": _typed(str),
     "stable_text": _typed(str), "language": _optional(_typed(str)), "words": _words,
     "word_timing": _optional(_typed(str)), "code": _typed(str), "message": _typed(str), "fatal": _typed(bool),
-    "utterances": _integer, "audio_s": _number,
+    "utterances": _integer, "audio_s": _number, "speaker": _optional(_integer),
 }
 _CLASSES: dict[str, type[_Message]] = {cls.type: cls for cls in
                                         (Ready, SpeechStart, Partial, SpeechEnd, Final, EagerEndOfTurn,

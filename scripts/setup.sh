@@ -47,6 +47,12 @@ fi
 # (model and wheel by Daily, BSD-2-Clause) and checked against its SHA-256. Quick when it is there.
 .venv/bin/python scripts/fetch_smart_turn.py
 
+# The speaker encoder of diarize (streaming/speaker_encoder.py), in both modes:
+# .venv/share/streaming-asr/resemblyzer-pretrained.pt, the GE2E weights taken from the resemblyzer 0.1.4 wheel
+# (Apache-2.0) and checked against their SHA-256; the network around them is ours, so resemblyzer itself
+# (and its librosa) is not installed.
+.venv/bin/python scripts/fetch_speaker_encoder.py
+
 # The voice frameworks (LiveKit Agents, Pipecat) for tests/test_frameworks.py, in a venv of their own
 # inside .venv/: their pins clash with the server's (tests/frameworks/requirements.txt says which).
 fw=.venv/frameworks

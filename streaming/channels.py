@@ -24,10 +24,11 @@ from .audio import ChannelSplitter
 from .config import Config
 from .protocol import ProtocolError, channels_error, round_time
 from .results import FinalResult, Hypothesis
-from .session import (Action, Close, DiscardUtterance, Emit, FeedAudio, ModelInfo, OpenUtterance, RequestEager,
+from .session import (Action, Close, DiscardUtterance, Emit, EmbedSpeakers, FeedAudio, ModelInfo, OpenUtterance, RequestEager,
                       RequestFinal, RequestPartial, ScoreTurn, Session, Wake)
 
-_KEYED = (OpenUtterance, FeedAudio, RequestPartial, RequestFinal, DiscardUtterance, ScoreTurn, RequestEager)
+_KEYED = (OpenUtterance, FeedAudio, RequestPartial, RequestFinal, DiscardUtterance, ScoreTurn, RequestEager,
+          EmbedSpeakers)
 """Engine actions that name an utterance (their ids are mapped to the connection's)."""
 _PER_UTTERANCE = (ev.SpeechStarted, ev.SpeechEnded, ev.Partial, ev.Final, ev.EagerEndOfTurn, ev.TurnResumed)
 
@@ -139,6 +140,10 @@ class ChannelSessions:
     def turn_scored(self, utterance_id: int, pause: int, probability: float | None) -> list[Action]:
         channel, local = self._local(utterance_id)
         return self._from(channel, self._sessions[channel].turn_scored(local, pause, probability))
+
+    def speakers_ready(self, utterance_id: int, windows: list | None) -> list[Action]:
+        channel, local = self._local(utterance_id)
+        return self._from(channel, self._sessions[channel].speakers_ready(local, windows))
 
     def eager_ready(self, utterance_id: int, pause: int, result: FinalResult | None) -> list[Action]:
         channel, local = self._local(utterance_id)

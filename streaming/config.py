@@ -160,6 +160,10 @@ class SessionOptions:
     task: str = opt("transcribe", choices=("transcribe", "translate"), start=True, flag="--task")
     """``transcribe`` (text in the spoken language) or ``translate`` (English text from any language:
     Whisper's translate task, multilingual Whisper models only); ``language`` stays the source language."""
+    diarize: bool = opt(False, start=True)
+    """Speaker labels: every final (and each of its words) says who spoke, 0, 1, … stable for the session."""
+    max_speakers: int | None = opt(None, low=1, high=16, start=True)
+    """``diarize``: at most this many speakers (a hint: a new voice past it joins the nearest); None = no cap."""
 
 
 @dataclass

@@ -16,7 +16,7 @@ Smart turn detection adds two kinds of work. An *eager* decode (:meth:`Engine.re
 is the final of an utterance that stays open; when no audio follows it, the utterance's final
 is that result, without a second decode. The end-of-turn model (:meth:`Engine.score_turn`)
 runs on a thread of its own: a score takes tens of milliseconds and must not wait behind a
-model batch. :meth:`Engine.backlog` tells the server
+model batch. So does the speaker encoder of ``diarize`` (:meth:`Engine.embed_speakers`). :meth:`Engine.backlog` tells the server
 how much work one session has waiting (it stops reading a client that sends faster than
 the engine decodes), :meth:`Engine.load` how loaded the whole engine is (admission).
 """
@@ -40,6 +40,7 @@ from .scheduler import Backlog, Batch, EngineLoad, Requested, Scheduler, WorkKin
 if TYPE_CHECKING:  # the engine holds a backend, it never imports one: the server hands it over
     from .models.base import Backend, UtteranceState
     from .smart_turn import SmartTurnModel as TurnModel
+    from .speaker_encoder import SpeakerEncoder
 
 __all__ = ["Backlog", "Engine", "EngineClosed", "EngineLoad", "EngineStats", "WorkKind"]
 
@@ -91,14 +92,15 @@ class Engine:
     """Owns a :class:`Backend`; see the module docstring."""
 
     def __init__(self, backend: Backend, max_batch: int = 8, threads: int = 0, partial_batch_s: float = 0.5,
-                 partial_shed_s: float = 1.0, turn_model: TurnModel | None = None) -> None:
+                 partial_shed_s: float = 1.0, turn_model: TurnModel | None = None,
+                 speaker_encoder: SpeakerEncoder | None = None) -> None:
         self.backend = backend
         self.turn_model = turn_model
         """The end-of-turn model (``score(audios) -> probabilities``) of smart turn detection, if loaded."""
-        self._turns: list[tuple[np.ndarray, asyncio.Future]] = []
-        self._turn_cond = threading.Condition()
-        """Guards ``_turns`` (apart from ``_cond``: a notify must never wake the wrong worker)."""
-        self._turn_thread: threading.Thread | None = None
+        self.speaker_encoder = speaker_encoder
+        """The speaker encoder (``embed_windows(audio)``) of ``diarize``, if loaded."""
+        self._turns = _SideWorker("turn", "end-of-turn model", self._score_turns)
+        self._speakers = _SideWorker("speaker", "speaker encoder", self._embed_speakers)
         self.max_batch = max(1, max_batch)
         self.threads = threads
         self.partial_batch_s = partial_batch_s
@@ -111,6 +113,7 @@ class Engine:
         self._running = False
         self.on_batch: Callable[[str, int, float], None] | None = None
         """Called from the worker after each batch with (kind, size, seconds) — metrics."""
+        self._turns.on_batch = self._speakers.on_batch = self._side_batch
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -121,8 +124,9 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="inference-worker", daemon=True)
         self._thread.start()
         if self.turn_model is not None:
-            self._turn_thread = threading.Thread(target=self._run_turns, name="turn-worker", daemon=True)
-            self._turn_thread.start()
+            self._turns.start()
+        if self.speaker_encoder is not None:
+            self._speakers.start()
 
     def stop(self) -> None:
         with self._cond:
@@ -132,17 +136,13 @@ class Engine:
             for slot in slots:
                 self._scheduler.discard(slot.key)
             self._cond.notify_all()
-        with self._turn_cond:
-            turns, self._turns = self._turns, []
-            self._turn_cond.notify_all()
         for slot in slots:
             _settle_all(slot.waiting, exc=EngineClosed("engine stopped"))
-        for _, future in turns:
-            _settle(future, exc=EngineClosed("engine stopped"))
-        for thread in (self._thread, self._turn_thread):
-            if thread is not None:
-                thread.join(timeout=30)
-        self._thread = self._turn_thread = None
+        self._turns.stop()
+        self._speakers.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._thread = None
 
     # ---- figures (any thread) ----------------------------------------------------------------
 
@@ -211,15 +211,11 @@ class Engine:
 
     def score_turn(self, audio: np.ndarray) -> asyncio.Future:
         """The end-of-turn model's probability that the turn ending ``audio`` is complete."""
-        future = asyncio.get_running_loop().create_future()
-        with self._turn_cond:
-            if self.turn_model is None or not self._running:
-                future.set_exception(EngineClosed("no end-of-turn model" if self.turn_model is None
-                                                  else "engine stopped"))
-                return future
-            self._turns.append((audio, future))
-            self._turn_cond.notify()
-        return future
+        return self._turns.submit(audio)
+
+    def embed_speakers(self, audio: np.ndarray) -> asyncio.Future:
+        """The speaker encoder's windows (``SpeakerWindow``: times and a unit vector) over one utterance."""
+        return self._speakers.submit(audio)
 
     def discard(self, key: Hashable) -> None:
         """Forget an utterance (client gone); its pending futures fail with EngineClosed."""
@@ -337,32 +333,21 @@ class Engine:
             return exc
         return None
 
-    def _run_turns(self) -> None:
-        """The end-of-turn model's worker: every score waiting, in one batch, FIFO."""
-        while True:
-            with self._turn_cond:
-                while self._running and not self._turns:
-                    self._turn_cond.wait()
-                if not self._running:
-                    return
-                work, self._turns = self._turns, []
-            t0 = time.perf_counter()
+    def _score_turns(self, audios: list[np.ndarray]) -> list[float]:
+        scores = [float(p) for p in self.turn_model.score(audios)]
+        with self._cond:
+            self._stats.turn_scores += len(audios)
+        return scores
+
+    def _embed_speakers(self, audios: list[np.ndarray]) -> list[list]:
+        return [self.speaker_encoder.embed_windows(audio) for audio in audios]
+
+    def _side_batch(self, kind: str, size: int, seconds: float) -> None:
+        if self.on_batch is not None:
             try:
-                scores = self.turn_model.score([audio for audio, _ in work])
-            except Exception as exc:  # noqa: BLE001 - a failed score leaves the pause to its maximum silence
-                log.error("end-of-turn model failed on %d item(s): %r", len(work), exc)
-                for _, future in work:
-                    _settle(future, exc=exc)
-                continue
-            with self._cond:
-                self._stats.turn_scores += len(work)
-            if self.on_batch is not None:
-                try:
-                    self.on_batch("turn", len(work), time.perf_counter() - t0)
-                except Exception:  # noqa: BLE001 - a metrics fault must not stop turn scoring
-                    log.exception("on_batch hook failed")
-            for (_, future), score in zip(work, scores, strict=True):
-                _settle(future, value=float(score))
+                self.on_batch(kind, size, seconds)
+            except Exception:  # noqa: BLE001 - a metrics fault must not stop the side models
+                log.exception("on_batch hook failed")
 
     def _call_backend(self, slots: list[_Slot], kind: WorkKind) -> list:
         states = [slot.state for slot in slots]
@@ -429,6 +414,67 @@ class Engine:
             st.eager_batches += 1
         else:
             st.partial_batches += 1
+
+
+class _SideWorker:
+    """A thread of its own for a small model beside the ASR one (the end-of-turn model, the speaker
+    encoder): its calls take milliseconds and must not wait behind a model batch. Everything
+    submitted meanwhile runs as one batch, in order; a failure fails that batch's futures only."""
+
+    def __init__(self, kind: str, what: str, run: Callable[[list[np.ndarray]], list]) -> None:
+        self.kind, self.what, self._run_batch = kind, what, run
+        self.on_batch: Callable[[str, int, float], None] | None = None
+        self._queue: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._cond = threading.Condition()
+        """Guards ``_queue`` (apart from the engine's lock: a notify must never wake the wrong worker)."""
+        self._thread: threading.Thread | None = None
+        self._running = False
+
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name=f"{self.kind}-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: np.ndarray) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        with self._cond:
+            if not self._running:
+                future.set_exception(EngineClosed(f"no {self.what}" if self._thread is None else "engine stopped"))
+                return future
+            self._queue.append((item, future))
+            self._cond.notify()
+        return future
+
+    def stop(self) -> None:
+        with self._cond:
+            self._running = False
+            queued, self._queue = self._queue, []
+            self._cond.notify_all()
+        for _, future in queued:
+            _settle(future, exc=EngineClosed("engine stopped"))
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._running and not self._queue:
+                    self._cond.wait()
+                if not self._running:
+                    return
+                work, self._queue = self._queue, []
+            t0 = time.perf_counter()
+            try:
+                results = self._run_batch([item for item, _ in work])
+            except Exception as exc:  # noqa: BLE001 - its futures fail; the session copes without the answer
+                log.error("%s failed on %d item(s): %r", self.what, len(work), exc)
+                for _, future in work:
+                    _settle(future, exc=exc)
+                continue
+            if self.on_batch is not None:
+                self.on_batch(self.kind, len(work), time.perf_counter() - t0)
+            for (_, future), result in zip(work, results, strict=True):
+                _settle(future, value=result)
 
 
 def key_open(slots: dict[Hashable, _Slot], slot: _Slot) -> bool:

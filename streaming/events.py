@@ -140,6 +140,8 @@ class Final:
     """How the word times were found (see :attr:`streaming.results.FinalResult.word_timing`)."""
     channel: int | None = None
     """The audio channel of a ``multichannel`` stream (None: a mono or mixed-down stream)."""
+    speaker: int | None = None
+    """``diarize``: the session's label (0, 1, …) of who said most of it; each word has its own."""
 
 
 @dataclass(frozen=True)

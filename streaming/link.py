@@ -77,6 +77,9 @@ class Link:
     def final_ready(self, utterance_id: int, result: FinalResult) -> list[LinkAction]:
         return self._translate(self.session.final_ready(utterance_id, result))
 
+    def speakers_ready(self, utterance_id: int, windows: list | None) -> list[LinkAction]:
+        return self._translate(self.session.speakers_ready(utterance_id, windows))
+
     def turn_scored(self, utterance_id: int, pause: int, probability: float | None) -> list[LinkAction]:
         return self._translate(self.session.turn_scored(utterance_id, pause, probability))
 

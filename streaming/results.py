@@ -47,10 +47,12 @@ class Word:
     end_s: float
     probability: float
     """Mean token probability of the word, in [0, 1]."""
+    speaker: int | None = None
+    """The session's label of who said it (``diarize``), else None."""
 
     def shifted(self, offset_s: float) -> "Word":
         """The same word with its times moved by ``offset_s`` (utterance time → stream time)."""
-        return Word(self.word, self.start_s + offset_s, self.end_s + offset_s, self.probability)
+        return Word(self.word, self.start_s + offset_s, self.end_s + offset_s, self.probability, self.speaker)
 
 
 @dataclass

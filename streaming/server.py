@@ -43,7 +43,7 @@ from .link import Link, LinkAction, Send
 from .outbox import Outbox, Outgoing
 from .protocol import ProtocolError, protocol_facts
 from .results import FinalResult
-from .session import (Close, DiscardUtterance, FeedAudio, ModelInfo, OpenUtterance, RequestEager, RequestFinal,
+from .session import (Close, DiscardUtterance, EmbedSpeakers, FeedAudio, ModelInfo, OpenUtterance, RequestEager, RequestFinal,
                       RequestPartial, ScoreTurn, Wake)
 
 if TYPE_CHECKING:
@@ -63,13 +63,16 @@ class StreamingServer:
         self.config = config
         self.turn_model = _load_turn_model(config)
         """The end-of-turn model of ``turn_detection = "smart"`` (None: not installed; smart is refused)."""
+        self.speaker_encoder = _load_speaker_encoder()
+        """The speaker encoder of ``diarize`` (None: not installed; diarize is refused)."""
         self.engine = Engine(backend, max_batch=config.engine.max_batch, threads=config.model.threads,
                              partial_batch_s=config.engine.partial_batch_s, partial_shed_s=config.engine.partial_shed_s,
-                             turn_model=self.turn_model)
+                             turn_model=self.turn_model, speaker_encoder=self.speaker_encoder)
         self.model_info = ModelInfo(backend.name, backend.supports_window, backend.max_utterance_s,
                                     backend.validate_options, turn_model=self.turn_model is not None,
                                     eager_decodes=backend.supports_eager,
-                                    final_reuses_partial=backend.final_reuses_partial)
+                                    final_reuses_partial=backend.final_reuses_partial,
+                                    speaker_encoder=self.speaker_encoder is not None)
         self.web_dir = Path(config.server.web_dir) if config.server.web_dir else REPO_ROOT / "web"
         self.sessions: dict[str, _Connection] = {}
         """Started sessions (admitted at their ``start``)."""
@@ -165,6 +168,7 @@ class StreamingServer:
         facts: dict[str, Any] = {
             "model": self.backend.name, "protocol": protocol_facts(), "multilingual": self.backend.multilingual,
             "supports_translate": self.backend.supports_translate,
+            "supports_diarize": self.speaker_encoder is not None,
             "supports_window": self.backend.supports_window, "max_utterance_s": self.backend.max_utterance_s,
             "defaults": {"language": cfg.session.language, "step_s": cfg.session.step_s,
                          "window_s": cfg.session.window_s, "endpoint_silence_ms": cfg.vad.endpoint_silence_ms,
@@ -586,6 +590,9 @@ class _Connection:
             elif isinstance(action, RequestEager):
                 future = self.engine.request_eager((sid, action.utterance_id))
                 future.add_done_callback(lambda f, a=action: self._on_eager(a, f))
+            elif isinstance(action, EmbedSpeakers):
+                future = self.engine.embed_speakers(action.audio)
+                future.add_done_callback(lambda f, u=action.utterance_id: self._on_speakers(u, f))
             elif isinstance(action, Wake):
                 self._set_turn_timer(action.after_s)
             elif isinstance(action, Close):
@@ -612,6 +619,16 @@ class _Connection:
             log.warning("session %s: end-of-turn model failed: %r", self.session_id, exc)
         probability = None if exc is not None else future.result()
         self._session_call(lambda: self.link.turn_scored(action.utterance_id, action.pause, probability))
+
+    def _on_speakers(self, utterance_id: int, future: asyncio.Future) -> None:
+        """The speaker encoder's windows; a failure still lets the final go out (with the previous speaker)."""
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None and not isinstance(exc, EngineClosed):
+            log.warning("session %s: speaker encoder failed: %r", self.session_id, exc)
+        windows = None if exc is not None else future.result()
+        self._session_call(lambda: self.link.speakers_ready(utterance_id, windows))
 
     def _on_eager(self, action: RequestEager, future: asyncio.Future) -> None:
         self._progress.set()
@@ -854,6 +871,17 @@ def _signal_event() -> asyncio.Event:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, event.set)
     return event
+
+
+def _load_speaker_encoder():
+    """The speaker encoder of ``diarize``, or None (logged) when its weights are not installed."""
+    from .speaker_encoder import SpeakerEncoder
+
+    try:
+        return SpeakerEncoder.load()
+    except FileNotFoundError as exc:
+        log.warning("diarize is unavailable: %s", exc)
+        return None
 
 
 def _load_turn_model(config: Config):

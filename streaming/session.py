@@ -28,6 +28,7 @@ from .audio import PcmDecoder, Resampler
 from .config import Config, ConfigError, SessionOptions, VadOptions, apply_session_fields, copy_options
 from .protocol import ProtocolError, channels_error, format_error, round_time
 from .results import FinalResult, Hypothesis, OptionError, UtteranceOptions, Word, estimate_words
+from .speakers import SpeakerOptions, SpeakerTracker, Window, speakers_of_words, utterance_speaker
 from .turns import Decision, PauseTracker, decide
 from .vad import (SAMPLE_RATE_HZ, Endpointer, UtteranceAudio, UtteranceEnded, UtterancePaused, UtteranceResumed,
                   UtteranceStarted, VadEvent)
@@ -99,6 +100,15 @@ class RequestEager:
 
 
 @dataclass(frozen=True)
+class EmbedSpeakers:
+    """``diarize``: the speaker encoder's windows over an ended utterance's audio; answer with
+    :meth:`Session.speakers_ready`. Its final waits for them."""
+
+    utterance_id: int
+    audio: np.ndarray
+
+
+@dataclass(frozen=True)
 class Wake:
     """Call :meth:`Session.wake` after ``after_s`` of wall time, replacing any earlier request; None cancels."""
 
@@ -106,7 +116,7 @@ class Wake:
 
 
 Action = (Emit | Close | OpenUtterance | FeedAudio | RequestPartial | RequestFinal | DiscardUtterance | ScoreTurn
-          | RequestEager | Wake)
+          | RequestEager | EmbedSpeakers | Wake)
 
 _END_REASONS = {"forced": "finalize"}
 """Endpointer reasons as events name them (others keep theirs: endpoint, max_length, stream_end)."""
@@ -127,6 +137,8 @@ class ModelInfo:
     """Whether the backend can decode an open utterance (``eager_end_of_turn`` needs it)."""
     final_reuses_partial: bool = False
     """Whether a final right after a partial of the same audio reuses its work (see ``Backend``)."""
+    speaker_encoder: bool = False
+    """Whether a speaker encoder is loaded (``diarize`` needs one)."""
 
 
 @dataclass
@@ -143,6 +155,10 @@ class _Utterance:
     last_partial_text: str | None = None
     turns: PauseTracker = dataclasses.field(default_factory=PauseTracker)
     """Smart mode: the pauses being judged and the audio held meanwhile."""
+    speaker_audio: list[np.ndarray] | None = None
+    """``diarize``: the audio fed to the engine, for the speaker encoder once the utterance ends."""
+    speakers: list[Window] | None = None
+    """``diarize``: the encoder's windows (None: still asked; the final waits for them)."""
 
 
 class Session:
@@ -188,6 +204,9 @@ class Session:
         self.audio_samples = 0
         """16 kHz samples received so far."""
         self.utterance_count = 0
+        self._speakers: SpeakerTracker | None = None
+        """``diarize``: who is who in this session (its centroids; bounded however long it runs)."""
+        self._last_speaker: int | None = None
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -229,6 +248,12 @@ class Session:
         """The eager decode of a :class:`RequestEager` (None: dropped under load). Never raises."""
         return self._guarded(f"handling the eager decode of utterance {utterance_id}", self._eager_ready,
                              utterance_id, pause, result)
+
+    def speakers_ready(self, utterance_id: int, windows: list[Window] | None) -> list[Action]:
+        """The speaker encoder's answer for an :class:`EmbedSpeakers` (None: it failed, the final goes out
+        with the previous speaker). Never raises."""
+        return self._guarded(f"handling the speakers of utterance {utterance_id}", self._speakers_ready,
+                             utterance_id, windows)
 
     def wake(self) -> list[Action]:
         """The wall-clock timer of a :class:`Wake` fired: a pause still judged has lasted
@@ -349,26 +374,68 @@ class Session:
         if self.state == "closed" or utterance_id not in self._awaiting_final:
             return
         self._early_finals[utterance_id] = result
+        self._release_finals()
+
+    def _speakers_ready(self, utterance_id: int, windows: list[Window] | None) -> None:
+        utt = self._utterances.get(utterance_id)
+        if self.state == "closed" or utt is None or utt.speakers is not None:
+            return
+        utt.speakers = list(windows or [])
+        self._release_finals()
+
+    def _release_finals(self) -> None:
+        """Send the finals that are ready, in utterance order (one waits for its result and speakers)."""
         while self._awaiting_final and self._awaiting_final[0] in self._early_finals:
-            uid = self._awaiting_final.pop(0)
+            uid = self._awaiting_final[0]
+            utt = self._utterances[uid]
+            if utt.speaker_audio is not None and utt.speakers is None:
+                break
+            self._awaiting_final.pop(0)
             res = self._early_finals.pop(uid)
-            utt = self._utterances.pop(uid)
+            del self._utterances[uid]
             text = res.text.strip()
             if text:
                 self._previous_text = text
             start_s, end_s = self._time(utt.start_sample), self._time(utt.end_sample or utt.start_sample)
             words, timing = (self._words(res, text, start_s, end_s) if utt.word_timestamps else (None, None))
-            self._event(ev.Final(uid, text, res.language, start_s, end_s, utt.end_reason, words, timing))
+            speaker = None
+            if utt.speaker_audio is not None and text:
+                speaker, words = self._who(utt, start_s, words)
+            self._event(ev.Final(uid, text, res.language, start_s, end_s, utt.end_reason, words, timing,
+                                 speaker=speaker))
             while self._finalized_after and self._finalized_after[0][0] == uid:
                 self._event(self._finalized_after.pop(0)[1])
         self._maybe_finish()
+
+    def _who(self, utt: _Utterance, start_s: float,
+             words: tuple[Word, ...] | None) -> tuple[int | None, tuple[Word, ...] | None]:
+        """Label a final's speaker and words: the tracker commits the utterance's windows (never undone).
+        An utterance too short for a window is said by the previous speaker."""
+        windows = utt.speakers or []
+        if self._speakers is None:
+            self._speakers = SpeakerTracker(SpeakerOptions(max_speakers=self.options.max_speakers))
+        elif self._speakers.options.max_speakers != self.options.max_speakers:  # configured since
+            self._speakers.options = dataclasses.replace(self._speakers.options, max_speakers=self.options.max_speakers)
+        if windows:
+            labels = self._speakers.commit(windows)
+            speaker = utterance_speaker(windows, labels)
+            if words:
+                spans = [(w.start_s - start_s, w.end_s - start_s) for w in words]
+                words = tuple(dataclasses.replace(w, speaker=s)
+                              for w, s in zip(words, speakers_of_words(spans, windows, labels), strict=True))
+        else:
+            speaker = self._last_speaker if self._last_speaker is not None else 0
+            if words:
+                words = tuple(dataclasses.replace(w, speaker=speaker) for w in words)
+        self._last_speaker = words[-1].speaker if words else speaker
+        return speaker, words
 
     @staticmethod
     def _words(result: FinalResult, text: str, start_s: float, end_s: float) -> tuple[tuple[Word, ...], str]:
         """The final's words in stream time; a backend that gave none gets an even estimate, said so."""
         if result.words is not None or not text:
             words = [w.shifted(start_s) for w in result.words or ()]
-            return tuple(Word(w.word, round_time(w.start_s), round_time(w.end_s), round(w.probability, 4))
+            return tuple(Word(w.word, round_time(w.start_s), round_time(w.end_s), round(w.probability, 4), w.speaker)
                          for w in words), result.word_timing or "backend"
         return estimate_words(text, start_s, end_s), "estimated: utterance span split by character length"
 
@@ -403,6 +470,9 @@ class Session:
         apply_session_fields(session, vad, fields)
         if session.window_s is not None and not self.model.supports_window and "window_s" in fields:
             raise ConfigError(f"model {self.model.name} has no attention window: window_s is not supported")
+        if session.diarize and not self.model.speaker_encoder:
+            raise ConfigError("diarize needs the speaker encoder, which this server has not loaded "
+                              "(see the server log; scripts/setup.sh installs it)")
         if vad.turn_detection == "smart" and not self.model.turn_model:
             raise ConfigError("turn_detection 'smart' needs the end-of-turn model, which this server has not "
                               "loaded (see the server log; scripts/setup.sh installs it)")
@@ -521,7 +591,8 @@ class Session:
     def _vad_events(self, events: list[VadEvent]) -> None:
         for event in events:
             if isinstance(event, UtteranceStarted):
-                utt = _Utterance(event.utterance_id, event.start_sample, word_timestamps=self.options.words)
+                utt = _Utterance(event.utterance_id, event.start_sample, word_timestamps=self.options.words,
+                                 speaker_audio=[] if self.options.diarize else None)
                 self._open = utt
                 self._utterances[utt.utterance_id] = utt
                 self.utterance_count += 1
@@ -545,6 +616,10 @@ class Session:
                 self._awaiting_final.append(utt.utterance_id)
                 self._event(ev.SpeechEnded(utt.utterance_id, self._time(event.end_sample), utt.end_reason))
                 self._emit(RequestFinal(utt.utterance_id))
+                if utt.speaker_audio is not None:
+                    audio = np.concatenate(utt.speaker_audio) if utt.speaker_audio else np.zeros(0, np.float32)
+                    utt.speaker_audio = []  # the encoder has it now
+                    self._emit(EmbedSpeakers(utt.utterance_id, audio))
 
     def _feed(self, utt: _Utterance, audio: np.ndarray) -> None:
         if audio.size == 0:
@@ -553,6 +628,8 @@ class Session:
             utt.turns.hold(audio)  # judged pause: fed only if speech resumes (the turn may end before it)
             return
         utt.samples += audio.size
+        if utt.speaker_audio is not None:
+            utt.speaker_audio.append(audio)
         if self.vad_options.turn_detection == "smart":
             utt.turns.fed(audio)
         self._emit(FeedAudio(utt.utterance_id, audio))

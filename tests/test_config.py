@@ -68,7 +68,7 @@ def test_start_fields_applied():
     assert s.step_s == 2.0
 
 
-NULLABLE = {"language", "window_s", "context"}
+NULLABLE = {"language", "window_s", "context", "max_speakers"}
 
 
 @pytest.mark.parametrize("key", sorted(SESSION_FIELDS))
@@ -229,6 +229,8 @@ PROTOCOL_START_FIELDS = {
     "turn_max_silence_ms": ("vad", "turn_max_silence_ms", int, 200, 10_000, False),
     "eager_end_of_turn": ("vad", "eager_end_of_turn", bool, None, None, False),
     "task": ("session", "task", str, None, None, False, ("transcribe", "translate")),
+    "diarize": ("session", "diarize", bool, None, None, False),
+    "max_speakers": ("session", "max_speakers", int, 1, 16, True),
 }
 
 

@@ -177,7 +177,7 @@ def test_every_start_field_is_documented_with_its_range():
     from streaming.config import SESSION_FIELDS
 
     rows = _doc_rows("### `start`", "The server answers")
-    assert set(rows) - {"sample_rate", "encoding"} == set(SESSION_FIELDS)
+    assert set(rows) - {"sample_rate", "encoding", "channels", "multichannel"} == set(SESSION_FIELDS)
     for name, rule in SESSION_FIELDS.items():
         if rule.kind in (int, float) and rule.low is not None:
             low, high = (f"{v:g}" if rule.kind is float else f"{int(v)}" for v in (rule.low, rule.high))
@@ -191,7 +191,7 @@ def test_every_v1_message_and_final_reason_is_documented():
 
     samples = [ev.Ready("s", "m", {}), ev.SpeechStarted(0, 0.0), ev.Partial(0, "a", "", 0.0, 1.0),
                ev.EagerEndOfTurn(0, "a", 0.0, 1.0), ev.TurnResumed(0, 1.5), ev.SpeechEnded(0, 2.0, "endpoint"),
-               ev.Final(0, "a", "en", 0.0, 2.0, "endpoint", (Word("a", 0.0, 1.0, 1.0),), "estimated"),
+               ev.Final(0, "a", "en", 0.0, 2.0, "endpoint", (Word("a", 0.0, 1.0, 1.0, 0),), "estimated", speaker=0),
                ev.Cleared(None, 1.0), ev.Error("overloaded", "x", True, 2.0), ev.Ended(1, 2.0)]
     messages = _doc_rows("## Server → client", "`reason` of `speech_end`")
     for event in samples:

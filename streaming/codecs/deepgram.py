@@ -242,8 +242,11 @@ def word_entries(words: Sequence[Word], start_s: float, end_s: float) -> list[di
             continue
         start = min(max(word.start_s, at), end_s)
         end = min(max(word.end_s, start), end_s)
-        entries.append({"word": plain, "start": start, "end": end, "confidence": round(word.probability, 4),
-                        "punctuated_word": word.word})
+        entry = {"word": plain, "start": start, "end": end, "confidence": round(word.probability, 4),
+                 "punctuated_word": word.word}
+        if word.speaker is not None:
+            entry["speaker"] = word.speaker
+        entries.append(entry)
         at = start
     return entries
 

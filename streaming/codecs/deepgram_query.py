@@ -30,6 +30,8 @@ Choices where Deepgram's behaviour cannot be copied exactly:
 - ``keyterm``/``keywords`` (``keywords`` may carry ``:boost``, dropped) become
   the session's ``context`` (decoding bias, never in the transcript).
 - ``punctuate``/``smart_format``/``model``: accepted, no effect (Whisper punctuates).
+- ``diarize=true``: every final's words carry ``speaker`` (0, 1, … for the stream), as
+  Deepgram's do; ``max_speakers`` (an extension) caps how many. Interim results carry none.
 - ``channels`` (1 to :data:`~streaming.protocol.MAX_CHANNELS`) of interleaved audio are mixed
   down to one, unless ``multichannel=true``: then each channel is transcribed apart and its
   results carry ``channel_index: [channel, channels]``, as Deepgram's do.
@@ -86,6 +88,8 @@ class ListenOptions:
     """None = the server's default."""
     channels: int = 1
     multichannel: bool = False
+    diarize: bool = False
+    max_speakers: int | None = None
 
     def start(self) -> Start:
         """The session's start for these options; finals always carry words (Deepgram's always do)."""
@@ -95,6 +99,10 @@ class ListenOptions:
             options["turn_eagerness"] = self.turn_eagerness
         if self.keyterms:
             options["context"] = context_of(self.keyterms)
+        if self.diarize:
+            options["diarize"] = True
+            if self.max_speakers is not None:
+                options["max_speakers"] = self.max_speakers
         return Start(self.sample_rate, ENCODINGS[self.encoding], options, channels=self.channels,
                      multichannel=self.multichannel)
 
@@ -145,7 +153,16 @@ def parse_query(params: dict[str, list[str]]) -> ListenOptions:
         interim_results=_boolean(params, "interim_results", False), endpointing=endpointing,
         endpointing_ms=endpointing_ms, utterance_end_ms=utterance_end_ms,
         vad_events=_boolean(params, "vad_events", False), keyterms=keyterms, turn_detection=turn_detection,
-        turn_eagerness=turn_eagerness, channels=channels, multichannel=_boolean(params, "multichannel", False))
+        turn_eagerness=turn_eagerness, channels=channels, multichannel=_boolean(params, "multichannel", False),
+        diarize=_boolean(params, "diarize", False), max_speakers=_max_speakers(params))
+
+
+def _max_speakers(params: dict[str, list[str]]) -> int | None:
+    """``max_speakers`` (an extension: Deepgram has no cap), 1 to 16."""
+    value = _integer(params, "max_speakers", None)
+    if value is not None and not 1 <= value <= 16:
+        _refuse(f"max_speakers must be from 1 to 16, got {value}")
+    return value
 
 
 def context_of(keyterms: tuple[str, ...] | list[str]) -> str:

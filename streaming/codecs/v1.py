@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import events as ev
 from ..protocol import PROTOCOL_VERSION, Parser, encode_event
+from ..results import Word
 from .base import Codec, Frame, Handshake
 
 
@@ -42,6 +43,13 @@ def event_fields(event: ev.Event) -> dict[str, Any] | None:
     return fields
 
 
+def _word(w: Word) -> dict[str, Any]:
+    fields = {"word": w.word, "start_s": w.start_s, "end_s": w.end_s, "probability": w.probability}
+    if w.speaker is not None:
+        fields["speaker"] = w.speaker
+    return fields
+
+
 def _fields(event: ev.Event) -> dict[str, Any] | None:
     if isinstance(event, ev.Ready):
         return {"type": "ready", "session_id": event.session_id, "model": event.model,
@@ -58,9 +66,10 @@ def _fields(event: ev.Event) -> dict[str, Any] | None:
         fields = {"type": "final", "utterance_id": event.utterance_id, "text": event.text,
                   "language": event.language, "start_s": event.start_s, "end_s": event.end_s,
                   "reason": event.reason}
+        if event.speaker is not None:
+            fields["speaker"] = event.speaker
         if event.words is not None:
-            fields["words"] = [{"word": w.word, "start_s": w.start_s, "end_s": w.end_s,
-                                "probability": w.probability} for w in event.words]
+            fields["words"] = [_word(w) for w in event.words]
             fields["word_timing"] = event.word_timing
         return fields
     if isinstance(event, ev.EagerEndOfTurn):
