@@ -93,6 +93,8 @@ class CaptionState:
         elif isinstance(event, Final):
             text = event.text.strip()
             self.partial = ""
+            if text and event.speaker is not None:
+                text = f"[speaker {event.speaker}] {text}"
             if text:
                 self.finals.append(text)
                 update.new_finals.append(text)

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print every server event as a JSON line")
     parser.add_argument("--language", help="language code, e.g. en (default: the server's)")
     parser.add_argument("--msgpack", action="store_true", help="speak msgpack instead of JSON")
+    parser.add_argument("--diarize", action="store_true",
+                        help="speaker labels: each final is shown as [speaker N] text (servers with supports_diarize)")
     parser.add_argument("--api-key", help="API key, sent as Authorization: Bearer (servers started with keys)")
     parser.add_argument("--srt", metavar="FILE", help="also write SRT subtitles")
     parser.add_argument("--vtt", metavar="FILE", help="also write WebVTT subtitles")
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # libsndfile's errors name the problem well enough
         print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
-    options = MicOptions(url=args.url, language=args.language, use_msgpack=args.msgpack, api_key=args.api_key,
+    options = MicOptions(url=args.url, language=args.language, diarize=args.diarize, use_msgpack=args.msgpack,
+                         api_key=args.api_key,
                          stop_timeout_s=args.timeout_s, insecure=args.insecure, retry_first_connect=False)
     writers = [SubtitleWriter(path, fmt) for path, fmt in ((args.srt, "srt"), (args.vtt, "vtt")) if path]
     output = Output(json_mode=args.json, subtitles=writers, name="file")

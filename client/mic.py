@@ -119,6 +119,8 @@ class MicOptions:
     """Smart mode: ``turn_eagerness`` (``low``/``medium``/``high``/``auto``); ``None`` = the server's."""
     eager_end_of_turn: bool = False
     """Smart mode: ask for ``eager_end_of_turn``/``turn_resumed`` (shown as ``[thinking] eager: …``)."""
+    diarize: bool = False
+    """Ask for speaker labels: finals are shown as ``[speaker N] text``."""
     use_msgpack: bool = False
     """Speak msgpack instead of JSON."""
     api_key: str | None = None
@@ -216,7 +218,8 @@ class MicClient:
             replay_s=opts.replay_s, stop_timeout_s=opts.stop_timeout_s, connect_timeout_s=opts.connect_timeout_s,
             backoff=opts.backoff, insecure=opts.insecure, retry_first_connect=opts.retry_first_connect,
             ping_interval_s=10, ping_timeout_s=10,  # real-time audio: a dead server is noticed fast
-            **turn_fields(opts.turn_detection, opts.turn_eagerness, opts.eager_end_of_turn))
+            **turn_fields(opts.turn_detection, opts.turn_eagerness, opts.eager_end_of_turn),
+            **({"diarize": True} if opts.diarize else {}))
         try:
             self._loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
@@ -307,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--srt", metavar="FILE", help="write SRT subtitles as finals arrive")
     parser.add_argument("--vtt", metavar="FILE", help="write WebVTT subtitles as finals arrive")
     parser.add_argument("--msgpack", action="store_true", help="speak msgpack instead of JSON")
+    parser.add_argument("--diarize", action="store_true",
+                        help="speaker labels: each final is shown as [speaker N] text (servers with supports_diarize)")
     parser.add_argument("--api-key", help="API key, sent as Authorization: Bearer (servers started with keys)")
     parser.add_argument("--max-buffer-s", type=float, default=MicOptions.max_buffer_s,
                         help="audio kept while disconnected; older audio is dropped (default %(default)s)")
@@ -362,7 +367,8 @@ def options_from_args(args: argparse.Namespace) -> MicOptions:
     """The parsed flags of :func:`build_parser` as :class:`MicOptions`."""
     return MicOptions(url=args.url, language=args.language, window_s=args.window_s,
                       turn_detection=args.turn_detection, turn_eagerness=args.turn_eagerness,
-                      eager_end_of_turn=args.eager_end_of_turn, use_msgpack=args.msgpack, api_key=args.api_key,
+                      eager_end_of_turn=args.eager_end_of_turn, diarize=args.diarize, use_msgpack=args.msgpack,
+                      api_key=args.api_key,
                       max_buffer_s=args.max_buffer_s, stop_timeout_s=args.stop_timeout_s, insecure=args.insecure)
 
 

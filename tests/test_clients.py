@@ -113,6 +113,20 @@ def test_caption_state_partials_replace_and_finals_stay() -> None:
     assert state.reset_partial().partial == "" and state.transcript == "hello world"
 
 
+def test_caption_state_names_the_speaker_of_a_labelled_final() -> None:
+    state = CaptionState()
+    labelled = parse_event({"type": "final", "seq": 3, "utterance_id": 0, "text": "Hello.", "language": "en",
+                            "start_s": 0.0, "end_s": 1.0, "speaker": 1})
+    assert labelled.speaker == 1
+    assert state.apply(labelled).new_finals == ["[speaker 1] Hello."]
+    assert state.apply(_final("Hi.")).new_finals == ["Hi."]  # no label without diarize
+
+
+def test_diarize_flag_asks_for_speaker_labels() -> None:
+    assert options_from_args(build_parser().parse_args(["--diarize"])).diarize is True
+    assert options_from_args(build_parser().parse_args([])).diarize is False
+
+
 def test_fit_line_keeps_the_newest_words() -> None:
     assert fit_line("short", 80) == "short"
     line = fit_line("word " * 40, 20)
