@@ -12,11 +12,18 @@ one onto the reference speakers.
 
 Everything but :func:`main` is pure: clip facts and arrays in, meetings and
 scores out. ``python -m benchmarks.meetings --speakers 2 3 4 --out bench/meetings/``.
+
+``--streamed`` streams the meetings through an in-process server instead (protocol v1,
+``diarize`` and ``words``, real-time pace, several at once) and scores what the finals say:
+the share of words and of finals with the right speaker, time accuracy and DER from the
+words; the same load with ``diarize`` off gives its cost (final latency, CPU per audio second,
+streams held).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import math
@@ -347,6 +354,148 @@ def _sweep(embedded: list[tuple[Meeting, list]], thresholds: Sequence[float],
     return rows
 
 
+# --- streamed: the same meetings through the real server, at real-time pace ------------------------
+
+def trimmed(meeting: Meeting, seconds: float | None) -> Meeting:
+    """The meeting's first whole turns that end within ``seconds`` (all of it when None), 1 s after the last."""
+    if seconds is None:
+        return meeting
+    turns = [t for t in meeting.turns if t.end_s <= seconds - 1.0] or meeting.turns[:1]
+    end = int(round((turns[-1].end_s + 1.0) * SAMPLE_RATE_HZ))
+    return Meeting(meeting.name, turns, meeting.audio[:end])
+
+
+def reference_speaker(turns: Sequence[Turn], start_s: float, end_s: float) -> str | None:
+    """The reference speaker who talks most within [start_s, end_s] (None: nobody does)."""
+    best, best_overlap = None, 0.0
+    for turn in turns:
+        overlap = min(end_s, turn.end_s) - max(start_s, turn.start_s)
+        if overlap > best_overlap:
+            best, best_overlap = turn.speaker, overlap
+    return best
+
+
+def score_stream(turns: Sequence[Turn], finals: Sequence[dict]) -> dict:
+    """Score a diarized stream's finals: time accuracy and DER from their words (``score``), the share of
+    words and of finals whose mapped speaker is the reference one (words by their own span, widened
+    to 0.3 s so a short word still finds its turn)."""
+    words = [w for f in finals if f.get("text") for w in f.get("words") or []]
+    segments = [Segment(w["speaker"], w["start_s"], w["end_s"]) for w in words if w.get("speaker") is not None]
+    scores = score(turns, segments)
+    mapping = scores.mapping
+    right_words = sum(mapping.get(str(w["speaker"])) == reference_speaker(turns, w["start_s"] - 0.15,
+                                                                          w["end_s"] + 0.15) for w in words)
+    labelled = [f for f in finals if f.get("text")]
+    right_finals = sum(mapping.get(str(f.get("speaker"))) == reference_speaker(turns, f["start_s"], f["end_s"])
+                       for f in labelled)
+    return {"word_accuracy": round(right_words / len(words), 4) if words else 0.0,
+            "final_accuracy": round(right_finals / len(labelled), 4) if labelled else 0.0,
+            "time_accuracy": round(scores.accuracy, 4), "der": round(scores.der, 4),
+            "hyp_speakers": scores.hyp_speakers, "words": len(words), "finals": len(labelled),
+            "mapping": mapping}
+
+
+async def _stream_all(url: str, meetings: Sequence[Meeting], diarize: bool, speed: float) -> list:
+    from .loadgen import stream_audio
+
+    fields = {"diarize": True, "words": True} if diarize else {"words": True}
+    timeout = max(len(m.audio) for m in meetings) / SAMPLE_RATE_HZ / max(speed, 0.05) + 300
+    return await asyncio.gather(*(stream_audio(url, m.audio, speed=speed, start_fields=fields, timeout_s=timeout)
+                                  for m in meetings))
+
+
+def run_streamed(args: argparse.Namespace) -> dict:
+    """Stream ``args.streams`` meetings at once (each size in turn), diarize off then on; score and time them."""
+    from streaming.config import Config
+    from streaming.loading import load_configured_backend
+    from streaming.server import BackgroundServer
+
+    from .bench import HELD_FINAL_P95_S
+    from .report import percentile
+    from .resources import snapshot, usage
+
+    pool = [trimmed(m, args.seconds) for m in build_meetings(args.speakers, max(args.streams) // len(args.speakers)
+                                                             + 1, args.seed)]
+    by_size = sorted(pool, key=lambda m: (m.name.split("-")[1], m.name))  # 2spk-0, 3spk-0, 4spk-0, 2spk-1, …
+    config = Config()
+    config.server.host, config.server.port = "127.0.0.1", 0
+    config.server.load_admission = False  # measure the load, do not refuse it
+    config.server.capacity_streams = max(args.streams)
+    backend = load_configured_backend(config)
+    levels, rows = [], []
+    with BackgroundServer(backend, config) as handle:
+        if not handle.server.speaker_encoder:
+            raise SystemExit("meetings: the speaker encoder is not installed (make setup)")
+        for n in args.streams:
+            meetings = by_size[:n]
+            audio_s = sum(len(m.audio) for m in meetings) / SAMPLE_RATE_HZ
+            for diarize in (False, True):
+                before = snapshot()
+                results = asyncio.run(_stream_all(handle.url, meetings, diarize, args.speed))
+                used = usage(before, snapshot())
+                cpu_s = (snapshot().process_cpu_s - before.process_cpu_s)
+                finals = [x for r in results for x in r.final_latency_s]
+                errors = [e for r in results for e in r.errors]
+                level = {"streams": n, "diarize": diarize, "audio_s": round(audio_s, 1),
+                         "final_latency_s_p50": percentile(finals, 50), "final_latency_s_p95": percentile(finals, 95),
+                         "cpu_s_per_audio_s": round(cpu_s / audio_s, 4), **used, "errors": len(errors),
+                         "held": bool(finals) and not errors and percentile(finals, 95) <= HELD_FINAL_P95_S}
+                levels.append(level)
+                print(f"{n} streams, diarize {'on ' if diarize else 'off'}: final p50/p95 "
+                      f"{level['final_latency_s_p50']:.2f}/{level['final_latency_s_p95']:.2f} s, "
+                      f"CPU {level['cpu_s_per_audio_s']:.3f} s per audio s, errors {len(errors)}", flush=True)
+                if diarize:
+                    for meeting, result in zip(meetings, results, strict=True):
+                        row = {"streams": n, "meeting": meeting.name,
+                               "speakers": sorted({t.speaker for t in meeting.turns}),
+                               "duration_s": round(len(meeting.audio) / SAMPLE_RATE_HZ, 1),
+                               **score_stream(meeting.turns, result.finals)}
+                        rows.append(row)
+                        print(f"  {meeting.name}: {row['duration_s']:.0f} s, {len(row['speakers'])} speakers -> "
+                              f"{row['hyp_speakers']} found; words {row['word_accuracy']:.3f}, finals "
+                              f"{row['final_accuracy']:.3f}, time {row['time_accuracy']:.3f}, DER {row['der']:.3f}",
+                              flush=True)
+    held = {str(d): max([lv["streams"] for lv in levels if lv["diarize"] == d and lv["held"]], default=0)
+            for d in (False, True)}
+    return {"benchmark": "meetings-streamed", "model": backend.name, "speed": args.speed, "seconds": args.seconds,
+            "held_final_p95_s": HELD_FINAL_P95_S, "streams_held": {"diarize_off": held["False"],
+                                                                   "diarize_on": held["True"]},
+            "levels": levels, "meetings": rows}
+
+
+def plot_streamed(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc, lat) = plt.subplots(1, 2, figsize=(11, 4))
+    rows = report["meetings"]
+    names = [f"{r['meeting']} ({r['streams']})" for r in rows]
+    x = np.arange(len(rows))
+    acc.bar(x - 0.2, [r["word_accuracy"] for r in rows], 0.4, label="words")
+    acc.bar(x + 0.2, [r["final_accuracy"] for r in rows], 0.4, label="finals")
+    acc.axhline(0.9, color="grey", lw=1, ls="--")
+    acc.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    acc.set_ylim(0, 1.02)
+    acc.set_title("speaker accuracy, streamed (meeting, concurrent streams)")
+    acc.legend()
+    for diarize, style in ((False, "o--"), (True, "s-")):
+        levels = [lv for lv in report["levels"] if lv["diarize"] == diarize]
+        label = "diarize on" if diarize else "diarize off"
+        lat.plot([lv["streams"] for lv in levels], [lv["final_latency_s_p95"] for lv in levels], style,
+                 label=f"{label}: final p95")
+        lat.plot([lv["streams"] for lv in levels], [lv["final_latency_s_p50"] for lv in levels], style, alpha=0.5,
+                 label=f"{label}: final p50")
+    lat.axhline(report["held_final_p95_s"], color="grey", lw=1, ls="--", label="held threshold (p95)")
+    lat.set_xlabel("concurrent real-time meeting streams")
+    lat.set_ylabel("seconds after speech end")
+    lat.set_title("the cost of diarize")
+    lat.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speakers", type=int, nargs="+", default=[2, 3, 4], help="speakers per meeting")
@@ -356,7 +505,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-segment-s", type=float, default=SpeakerOptions().min_segment_s)
     parser.add_argument("--sweep", action="store_true", help="also score a grid of thresholds and min_segment_s")
     parser.add_argument("--out", type=Path, default=Path("bench/meetings"))
+    parser.add_argument("--streamed", action="store_true",
+                        help="instead of offline: stream the meetings through an in-process server (embedded "
+                             "tiny.en) with diarize off and on, and score the finals' speaker labels")
+    parser.add_argument("--streams", type=int, nargs="+", default=[3, 6],
+                        help="--streamed: concurrent meeting streams per level (default %(default)s)")
+    parser.add_argument("--seconds", type=float, default=150.0,
+                        help="--streamed: each meeting's first whole turns within this long (default %(default)s)")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="--streamed: pace, 1 = real time (default), 0 = as fast as the server reads")
     args = parser.parse_args(argv)
+    if args.streamed:
+        report = run_streamed(args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / "streamed.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        plot_streamed(report, args.out / "streamed.png")
+        print(f"wrote {path} and streamed.png; streams held (final p95 <= {report['held_final_p95_s']} s): "
+              f"diarize off {report['streams_held']['diarize_off']}, on {report['streams_held']['diarize_on']}")
+        return 0
 
     from streaming.speaker_encoder import SpeakerEncoder
 

@@ -270,3 +270,33 @@ def test_collar_forgives_boundary_errors() -> None:
     late = [Segment(0, 0.2, 4.0), Segment(1, 5.2, 7.0)]  # each turn found 0.2 s late
     assert score(REFERENCE, late, collar_s=0.0).der == pytest.approx(0.4 / 6, abs=0.01)
     assert score(REFERENCE, late, collar_s=0.25).der == pytest.approx(0.0, abs=1e-9)
+
+
+def test_score_stream_maps_labels_and_counts_words_and_finals():
+    from benchmarks.meetings import Turn, score_stream
+
+    turns = [Turn("ann", 0.0, 2.0, "a", ""), Turn("bob", 2.5, 4.5, "b", "")]
+
+    def final(speaker, start, end, word_speakers):
+        step = (end - start) / len(word_speakers)
+        words = [{"word": "w", "start_s": start + i * step, "end_s": start + (i + 1) * step, "speaker": s}
+                 for i, s in enumerate(word_speakers)]
+        return {"text": "w " * len(words), "start_s": start, "end_s": end, "speaker": speaker, "words": words}
+
+    right = score_stream(turns, [final(7, 0.0, 2.0, [7, 7]), final(3, 2.5, 4.5, [3, 3])])
+    assert (right["word_accuracy"], right["final_accuracy"], right["hyp_speakers"]) == (1.0, 1.0, 2)
+    assert right["mapping"] == {"7": "ann", "3": "bob"}
+    # one label for both voices: the second speaker's words and final are wrong
+    merged = score_stream(turns, [final(0, 0.0, 2.0, [0, 0]), final(0, 2.5, 4.5, [0, 0])])
+    assert (merged["word_accuracy"], merged["final_accuracy"]) == (0.5, 0.5)
+    assert score_stream(turns, [])["word_accuracy"] == 0.0
+
+
+def test_trimmed_keeps_whole_turns_only():
+    from benchmarks.meetings import Meeting, Turn, trimmed
+
+    turns = [Turn("a", 0.5, 3.0, "x", ""), Turn("b", 3.5, 9.5, "y", ""), Turn("a", 10.0, 14.0, "z", "")]
+    meeting = Meeting("m", turns, np.zeros(16000 * 15, np.float32))
+    cut = trimmed(meeting, 11.0)
+    assert [t.clip_id for t in cut.turns] == ["x", "y"] and len(cut.audio) == int(10.5 * 16000)
+    assert trimmed(meeting, None) is meeting
